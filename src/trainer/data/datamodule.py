@@ -1,0 +1,82 @@
+"""LightningDataModule over a `DatasetIndex`: images decoded in worker processes, never starving the model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from trainer.data.images import load_rgb
+from trainer.data.index import DatasetIndex, Sample
+from trainer.data.transforms import eval_transform, train_transform
+
+
+class ImageListDataset(Dataset):
+    """(path, label) samples -> (tensor, label); JPEGs are decoded at reduced scale where it loses nothing."""
+
+    def __init__(self, samples: list[Sample], transform: Callable, min_side: int | None = None) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.min_side = min_side
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        try:
+            image = load_rgb(path, self.min_side)
+        except Exception as exc:  # a file changed or vanished after the pre-training scan
+            raise RuntimeError(f"cannot read image {path}: {exc}") from exc
+        return self.transform(image), label
+
+
+def resolve_num_workers(value: Any) -> int:
+    """`auto` = one worker per CPU core (at most 8); else the given count."""
+    if value in (None, "auto"):
+        return min(
+            8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )
+    return int(value)
+
+
+class ImageDataModule(L.LightningDataModule):
+    def __init__(self, index: DatasetIndex, data_config: dict[str, Any], dataset_cfg: Any, augment_cfg: Any):
+        super().__init__()
+        self.index = index
+        self.image_size = int(dataset_cfg.image_size)
+        self.batch_size = int(dataset_cfg.batch_size)
+        self.num_workers = resolve_num_workers(dataset_cfg.num_workers)
+        self.train_tf = train_transform(self.image_size, data_config, augment_cfg)
+        self.eval_tf = eval_transform(self.image_size, data_config)
+        # Decoding at 2x the crop keeps RandomResizedCrop sharp; eval needs only the resize target.
+        self.train_min_side = 2 * self.image_size
+        self.eval_min_side = int(self.image_size / data_config["crop_pct"]) + 1
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+
+    def train_dataset(self) -> ImageListDataset:
+        return ImageListDataset(self.index.train, self.train_tf, self.train_min_side)
+
+    def val_dataset(self) -> ImageListDataset:
+        return ImageListDataset(self.index.val, self.eval_tf, self.eval_min_side)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset(), shuffle=False)

@@ -1,0 +1,76 @@
+"""Read any image a real photo folder holds as an upright RGB PIL image.
+
+Phones write EXIF-rotated JPEGs, scrapers leave GIFs and CMYK files, scanners write 16-bit TIFFs: every one of
+them must reach the model as the same thing, 8-bit RGB the right way up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for files whose extension names an image format we read (hidden files excluded)."""
+    name = os.path.basename(path)
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparency is composited on white, high bit depths rescaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
+    """Open `path` as an upright RGB image.
+
+    `min_side` lets JPEG decoding skip resolution we would throw away (DCT-domain downscaling keeps the
+    shorter side at least `min_side`), which makes 12-megapixel phone photos cheap to train on at 224 px.
+    Multi-frame files (GIF, TIFF) give their first frame.
+    """
+    with Image.open(path) as img:
+        if min_side and img.format == "JPEG":
+            scale = min_side / min(img.size)
+            if scale < 1:
+                img.draft("RGB", (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))))
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """Return None if `path` decodes as an image, else a short human-readable reason."""
+    try:
+        img = load_rgb(path, min_side=32)
+    except FileNotFoundError:
+        return "file not found"
+    except Image.DecompressionBombError as exc:
+        return f"too large to decode safely ({exc})"
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
+        return f"cannot decode: {exc}" if str(exc) else f"cannot decode ({type(exc).__name__})"
+    if min(img.size) < 1:
+        return "image has zero size"
+    return None
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Image files directly inside `folder` (sorted, non-images such as .DS_Store and Thumbs.db ignored)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))

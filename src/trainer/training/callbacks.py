@@ -1,0 +1,111 @@
+"""Callbacks: head-first fine-tuning, training throughput, and the end-of-training evaluation artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary name and rename, so a crash never leaves a truncated .ckpt."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class FinetuneSchedule(L.Callback):
+    """Train only the head for `freeze_epochs`, then everything; optionally keep BatchNorm frozen throughout.
+
+    Frozen BatchNorm layers are kept in eval mode so they use the pretrained running statistics, which is
+    what the head will see at inference time (Lightning's BaseFinetuning switches them to batch statistics).
+    """
+
+    def __init__(self, freeze_epochs: int = 0, freeze_bn: bool = False) -> None:
+        self.freeze_epochs = int(freeze_epochs)
+        self.freeze_bn = bool(freeze_bn)
+
+    def _apply(self, pl_module: L.LightningModule, epoch: int) -> None:
+        head = {id(p) for p in pl_module.backbone.head_parameters()}
+        frozen = epoch < self.freeze_epochs
+        for p in pl_module.model.parameters():
+            if id(p) not in head:
+                p.requires_grad = not frozen
+        if frozen or self.freeze_bn:
+            for m in pl_module.model.modules():
+                if isinstance(m, _BatchNorm) and not any(id(p) in head for p in m.parameters()):
+                    m.eval()
+                    for p in m.parameters():
+                        p.requires_grad = False
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply(pl_module, trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:  # after a validation pass Lightning puts the model back in train mode
+            self._apply(pl_module, trainer.current_epoch)
+
+
+class ThroughputMeter(L.Callback):
+    """Images per second over training steps, data loading included, validation excluded."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.0
+        self._epoch_start = 0.0
+        self._last_end = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = self._last_end = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.images += len(batch[1])
+        self._last_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds += self._last_end - self._epoch_start
+
+    @property
+    def images_per_sec(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
+
+
+def write_evaluation(pl_module: L.LightningModule, out_dir: Path) -> dict:
+    """Per-class accuracy (JSON) and the confusion matrix (PNG) from the last validation pass."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = pl_module.classes
+    per_class = pl_module.val_per_class.compute().tolist()
+    confusion = pl_module.val_confusion.compute().cpu()
+    result = {
+        "per_class_accuracy": dict(zip(classes, per_class, strict=True)),
+        "confusion_matrix": confusion.tolist(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "per_class_accuracy.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    size = max(4.0, 0.4 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(classes) <= 30:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=6)
+    ax.set_title("validation confusion matrix")
+    fig.tight_layout()
+    fig.savefig(out_dir / "confusion_matrix.png", dpi=120)
+    plt.close(fig)
+    return result

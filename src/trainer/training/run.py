@@ -1,0 +1,132 @@
+"""One training run from a composed config: data, backbone, fit, best-checkpoint evaluation, metrics, export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.data.datamodule import ImageDataModule
+from trainer.data.index import build_index
+from trainer.data.scan import drop_bad_images
+from trainer.models import build_backbone, count_macs, count_params
+from trainer.training.callbacks import AtomicCheckpointIO, FinetuneSchedule, ThroughputMeter, write_evaluation
+from trainer.training.module import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON through a temporary file so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Stable hash of everything that shapes the model (paths excluded)."""
+    keep = {k: cfg[k] for k in ("dataset", "model", "augment", "optim", "finetune", "seed") if k in cfg}
+    text = json.dumps(OmegaConf.to_container(OmegaConf.create(keep), resolve=True), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _metric(values: dict[str, torch.Tensor], key: str) -> float | None:
+    return float(values[key]) if key in values else None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run the whole job described by `cfg`; returns (and writes) the run's metrics."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    index = build_index(cfg.dataset)
+    drop_bad_images(index, cfg.dataset.on_bad_image)
+    log.info(
+        "Dataset %s: %d classes, %d train / %d val images",
+        index.name,
+        index.num_classes,
+        len(index.train),
+        len(index.val),
+    )
+    backbone = build_backbone(cfg.model, index.num_classes)
+    image_size = int(cfg.dataset.image_size)
+    datamodule = ImageDataModule(index, backbone.data_config, cfg.dataset, cfg.augment)
+    meta = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "classes": index.classes,
+        "data_config": backbone.data_config,
+        "image_size": image_size,
+    }
+    module = ClassifierModule(backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, meta)
+
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val/top1",
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    throughput = ThroughputMeter()
+    callbacks = [
+        checkpoints,
+        throughput,
+        FinetuneSchedule(cfg.finetune.freeze_epochs, cfg.finetune.freeze_bn),
+    ]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_seconds = time.perf_counter() - started
+
+    best = checkpoints.best_model_path or checkpoints.last_model_path
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    values = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    evaluation = write_evaluation(module, run_dir)
+    model = module.model.cpu().eval()
+    metrics: dict[str, Any] = {
+        "model": cfg.model.name,
+        "alpha": cfg.model.get("alpha"),
+        "image_size": image_size,
+        "dataset": index.name,
+        "num_classes": index.num_classes,
+        "classes": index.classes,
+        "val_top1": _metric(values, "val/top1"),
+        "val_top3": _metric(values, "val/top3"),
+        "val_top5": _metric(values, "val/top5"),
+        "val_loss": _metric(values, "val/loss"),
+        "val_images": len(index.val),
+        "train_images": len(index.train),
+        "params": count_params(model),
+        "macs": count_macs(model, image_size),
+        "epochs": trainer.current_epoch,
+        "train_images_per_sec": throughput.images_per_sec,
+        "train_seconds": train_seconds,
+        "best_checkpoint": str(Path(best).resolve()),
+        "pretrained_tensors_loaded": backbone.loaded_tensors,
+        "per_class_accuracy": evaluation["per_class_accuracy"],
+        "config_hash": config_hash(cfg),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    log.info("val top-1 %.4f | %s", metrics["val_top1"], run_dir / "metrics.json")
+    return metrics
