@@ -26,3 +26,14 @@ def train(cfg: DictConfig) -> float | None:
         log.error("%s", exc)
         sys.exit(1)
     return metrics.get("val_top1")
+
+
+def compose_config(overrides: list[str], output_dir: str | None = None) -> DictConfig:
+    """The same composed config `train.py` would see, for scripts and tests that run outside @hydra.main."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    if output_dir is not None:
+        cfg.paths.output_dir = output_dir
+    return cfg

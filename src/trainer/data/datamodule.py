@@ -35,27 +35,51 @@ class ImageListDataset(Dataset):
         return self.transform(image), label
 
 
-def resolve_num_workers(value: Any) -> int:
-    """`auto` = one worker per CPU core (at most 8); else the given count."""
-    if value in (None, "auto"):
-        return min(
-            8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        )
-    return int(value)
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_num_workers(value: Any, model_on_cpu: bool) -> int:
+    """`auto`: one worker per core (at most 8) when an accelerator runs the model.
+
+    When the CPU runs the model too, loader processes preempt its OpenMP threads: on 2 cores
+    (scripts/benchmark_throughput.py, MobileNetV2 at 128 px) end-to-end training reached 0.92 of the
+    model-only bound with in-process loading and 0.46 with 2 workers. So on CPU, `auto` decodes in-process
+    up to 4 cores and uses one worker per 4 cores beyond.
+    """
+    if value not in (None, "auto"):
+        return int(value)
+    cores = cpu_cores()
+    if model_on_cpu:
+        return 0 if cores <= 4 else cores // 4
+    return min(8, cores)
 
 
 class ImageDataModule(L.LightningDataModule):
-    def __init__(self, index: DatasetIndex, data_config: dict[str, Any], dataset_cfg: Any, augment_cfg: Any):
+    def __init__(
+        self,
+        index: DatasetIndex,
+        data_config: dict[str, Any],
+        dataset_cfg: Any,
+        augment_cfg: Any,
+        model_on_cpu: bool = True,
+    ) -> None:
         super().__init__()
         self.index = index
         self.image_size = int(dataset_cfg.image_size)
         self.batch_size = int(dataset_cfg.batch_size)
-        self.num_workers = resolve_num_workers(dataset_cfg.num_workers)
+        self.num_workers = resolve_num_workers(dataset_cfg.num_workers, model_on_cpu)
         self.train_tf = train_transform(self.image_size, data_config, augment_cfg)
         self.eval_tf = eval_transform(self.image_size, data_config)
         # Decoding at 2x the crop keeps RandomResizedCrop sharp; eval needs only the resize target.
         self.train_min_side = 2 * self.image_size
         self.eval_min_side = int(self.image_size / data_config["crop_pct"]) + 1
+
+    @classmethod
+    def from_config(cls, index: DatasetIndex, data_config: dict[str, Any], cfg: Any) -> ImageDataModule:
+        """Built from the full run config: the dataset, augment and trainer (accelerator) groups."""
+        on_cpu = cfg.trainer.get("accelerator", "cpu") == "cpu"
+        return cls(index, data_config, cfg.dataset, cfg.augment, model_on_cpu=on_cpu)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(

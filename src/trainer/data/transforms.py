@@ -21,7 +21,7 @@ def eval_transform(image_size: int, data_config: dict[str, Any]) -> T.Compose:
 
 
 def train_transform(image_size: int, data_config: dict[str, Any], augment: Any) -> T.Compose:
-    """RandomResizedCrop + flip plus the `augment` policy (RandAugment, AutoAugment, TrivialAugment, erasing)."""
+    """RandomResizedCrop + flip, plus the `augment` policy (RandAugment, AutoAugment, TrivialAugment...)."""
     policy = augment.get("auto_augment")
     trivial = policy == "trivialaugment"
     primary, secondary, final = create_transform(

@@ -1,4 +1,4 @@
-"""One training run from a composed config: data, backbone, fit, best-checkpoint evaluation, metrics, export."""
+"""One training run from a composed config: data, backbone, fit, evaluation, metrics.json, export."""
 
 from __future__ import annotations
 
@@ -44,11 +44,48 @@ def _metric(values: dict[str, torch.Tensor], key: str) -> float | None:
     return float(values[key]) if key in values else None
 
 
+def apply_cpu_threads(cfg: DictConfig) -> None:
+    """Set torch's intra-op threads from `threads` (null keeps torch's default of one per core)."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+
+
+def build_trainer(
+    cfg: DictConfig, run_dir: Path | str, **overrides: Any
+) -> tuple[L.Trainer, ThroughputMeter, ModelCheckpoint]:
+    """The Lightning Trainer of `cfg.trainer` with our callbacks, loggers and atomic checkpoint writes."""
+    run_dir = Path(run_dir)
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val/top1",
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    throughput = ThroughputMeter()
+    finetune = FinetuneSchedule(cfg.finetune.freeze_epochs, cfg.finetune.freeze_bn)
+    callbacks: list[L.Callback] = [checkpoints, throughput, finetune]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        **overrides,
+    )
+    return trainer, throughput, checkpoints
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job described by `cfg`; returns (and writes) the run's metrics."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
+    apply_cpu_threads(cfg)
 
     index = build_index(cfg.dataset)
     drop_bad_images(index, cfg.dataset.on_bad_image)
@@ -61,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     backbone = build_backbone(cfg.model, index.num_classes)
     image_size = int(cfg.dataset.image_size)
-    datamodule = ImageDataModule(index, backbone.data_config, cfg.dataset, cfg.augment)
+    datamodule = ImageDataModule.from_config(index, backbone.data_config, cfg)
     meta = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "classes": index.classes,
@@ -70,30 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     module = ClassifierModule(backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, meta)
 
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val/top1",
-        mode="max",
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
-    throughput = ThroughputMeter()
-    callbacks = [
-        checkpoints,
-        throughput,
-        FinetuneSchedule(cfg.finetune.freeze_epochs, cfg.finetune.freeze_bn),
-    ]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(run_dir),
-    )
+    trainer, throughput, checkpoints = build_trainer(cfg, run_dir)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     train_seconds = time.perf_counter() - started

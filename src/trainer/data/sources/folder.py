@@ -10,6 +10,8 @@ import os
 import random
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from trainer.data.images import is_image_file
 from trainer.data.index import DatasetIndex, Sample, register_source
 
@@ -103,6 +105,6 @@ def index_folder(root: Path, val_fraction: float = 0.2, seed: int = 0) -> Datase
 
 @register_source("folder")
 def folder_source(cfg) -> DatasetIndex:
-    if cfg.root in (None, "???"):
+    if OmegaConf.is_missing(cfg, "root") or cfg.root is None:
         raise DatasetLayoutError("dataset=folder needs dataset.root=/path/to/photos")
     return index_folder(Path(cfg.root), cfg.val_fraction, cfg.split_seed)

@@ -1,0 +1,44 @@
+"""Shared fixtures: real image files of every kind a photo folder holds, made in the test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Scan verdicts go to a per-test cache so tests never see each other's results."""
+    monkeypatch.setenv("TRAINER_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def class_image(label: int, size: int = 48, seed: int = 0) -> Image.Image:
+    """An RGB image whose class is visible: a distinct hue per label, with noise."""
+    rng = np.random.default_rng(seed)
+    hue = np.array([[255, 40, 40], [40, 200, 40], [40, 40, 255], [230, 230, 40]][label % 4], dtype=np.float32)
+    arr = np.clip(hue + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def make_class_folder(root: Path, classes: dict[str, int], size: int = 48) -> Path:
+    """root/<class>/img_i.jpg with `classes[name]` images each."""
+    for label, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            class_image(label, size, seed=label * 1000 + i).save(folder / f"img_{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """A train/val class folder small enough to train on in seconds."""
+    root = tmp_path / "photos"
+    make_class_folder(root / "train", {"red": 12, "green": 12, "blue": 12})
+    make_class_folder(root / "val", {"red": 4, "green": 4, "blue": 4})
+    return root
