@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def exit_on_user_error(job: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
+    """Bad input (a setting, a file) ends the command with one clear line and exit code 1.
+
+    In a multirun a failed job is logged (with its traceback, for the report) and the sweep goes on.
+    """
+    try:
+        return job(cfg)
+    except Exception as exc:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.exception("job failed: %s", exc)
+            return None
+        if cfg.get("debug") or not isinstance(exc, ValueError | RuntimeError | OSError):
+            raise
+        log.error("%s", exc)
+        sys.exit(1)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
@@ -18,14 +40,25 @@ def train(cfg: DictConfig) -> float | None:
     """Train (and export); returns val top-1 so Hydra sweepers (Optuna) can optimise it."""
     from trainer.training.run import train as run_training
 
-    try:
-        metrics = run_training(cfg)
-    except (ValueError, RuntimeError, OSError) as exc:
-        if cfg.get("debug"):
-            raise
-        log.error("%s", exc)
-        sys.exit(1)
-    return metrics.get("val_top1")
+    metrics = exit_on_user_error(run_training, cfg)
+    return metrics.get("val_top1") if metrics else None
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export_checkpoint")
+def export(cfg: DictConfig) -> None:
+    """Export a checkpoint without retraining; exits 1 if any format failed (the others are kept)."""
+    from trainer.export.checkpoint import export_trained, load_checkpoint
+
+    def job(cfg: DictConfig) -> dict:
+        backbone, meta = load_checkpoint(cfg.ckpt)
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt).resolve().parents[1] / "export"
+        manifest = export_trained(backbone, meta, cfg.export, out_dir)
+        if manifest["errors"]:
+            raise RuntimeError(f"export failed for: {manifest['errors']} (see {out_dir / 'manifest.json'})")
+        log.info("Exported %d artifacts to %s", len(manifest["artifacts"]), out_dir)
+        return manifest
+
+    exit_on_user_error(job, cfg)
 
 
 def compose_config(overrides: list[str], output_dir: str | None = None) -> DictConfig:

@@ -30,7 +30,7 @@ EXIT_USAGE = 2
 def build_report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
     """Write results.csv, report.md and the plots for every run under `sweep_dir` into `out_dir` (default:
     `sweep_dir` itself); returns report.md's path. Raises FileNotFoundError when there is no run to report."""
-    root = Path(sweep_dir)
+    root = Path(sweep_dir).resolve()
     runs = collect_runs(root) if root.is_dir() else []
     if not runs:
         raise FileNotFoundError(

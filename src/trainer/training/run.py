@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
 from trainer.data.scan import drop_bad_images
+from trainer.export.checkpoint import export_trained, mai_score
 from trainer.models import build_backbone, count_macs, count_params
 from trainer.training.callbacks import AtomicCheckpointIO, FinetuneSchedule, ThroughputMeter, write_evaluation
 from trainer.training.module import ClassifierModule
@@ -143,4 +144,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json(run_dir / "metrics.json", metrics)
     log.info("val top-1 %.4f | %s", metrics["val_top1"], run_dir / "metrics.json")
+    if cfg.export.enabled:
+        manifest = export_trained(backbone, meta, cfg.export, run_dir / "export", index, metrics)
+        metrics.update(export_summary(manifest, metrics, cfg.dataset.get("mai_score", False)))
+        write_json(run_dir / "metrics.json", metrics)
+        if manifest["errors"]:
+            raise ExportError(
+                f"export failed for: {manifest['errors']} (see {run_dir / 'export/manifest.json'})"
+            )
     return metrics
+
+
+class ExportError(RuntimeError):
+    """Some artifact failed; the checkpoint, metrics and the other artifacts are kept."""
+
+
+def export_summary(manifest: dict[str, Any], metrics: dict[str, Any], with_mai_score: bool) -> dict[str, Any]:
+    """What reports need from the export in metrics.json: errors, and the challenge score where asked."""
+    summary: dict[str, Any] = {"export_manifest": "export/manifest.json", "export_errors": manifest["errors"]}
+    if with_mai_score:
+        timed = [
+            a for a in manifest["artifacts"] if a.get("format") == "onnx" and a.get("precision") == "fp32"
+        ]
+        latency = timed[0].get("latency_ms") if timed else None
+        summary["runtime_s"] = latency / 1000 if latency else None
+        summary["runtime"] = "onnxruntime CPU fp32, batch 1, median" if latency else None
+        top1, top3 = metrics["val_top1"], metrics["val_top3"]
+        ok = latency and top1 is not None and top3 is not None
+        summary["mai_score"] = mai_score(top1, top3, latency / 1000) if ok else None
+    return summary

@@ -1,0 +1,316 @@
+"""Core ML: ML Program conversion with raw-pixel image input, compression variants, and spec checks.
+
+Apps hand the model raw RGB pixels (0-255). Core ML's ImageType applies `scale * pixel + bias[c]` with one
+scalar scale, so the per-channel std of the training normalization cannot be expressed exactly there: the
+ImageType gets scale = 1 / (255 * mean(std)) and bias[c] = -mean[c] / std[c], and where the stds differ the
+traced graph starts with an exact per-channel affine correction (see `ImageNormalization`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import coremltools as ct
+import coremltools.optimize.coreml as cto
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from trainer.export.manifest import atomic_output, size_bytes
+from trainer.export.settings import ExportSettings, palette_bits
+from trainer.export.torchscript import trace
+from trainer.export.verify import Predict
+
+INPUT_NAME = "image"
+LABEL_OUTPUT = "classLabel"
+PROBS_OUTPUT = "classLabel_probs"
+EMBEDDING_OUTPUT = "embedding"
+PREVIEW_KEY = "com.apple.coreml.model.preview.type"
+WEIGHTS_DIR = "Data/com.apple.CoreML/weights"
+NOT_MACOS_REASON = f"Core ML runs models only on macOS (MLModel.predict); this is {sys.platform}"
+
+
+@dataclass(frozen=True)
+class ImageNormalization:
+    """ImageType scale/bias plus the in-graph correction that makes them equal (pixel/255 - mean) / std.
+
+    ImageType gives y[c] = pixel / (255 * s) - mean[c] / std[c] with s = mean(std). The wanted value is
+    pixel / (255 * std[c]) - mean[c] / std[c] = gain[c] * y[c] + offset[c] with gain[c] = s / std[c] and
+    offset[c] = (gain[c] - 1) * mean[c] / std[c]. With equal stds gain is 1 and no correction is added.
+    """
+
+    scale: float
+    bias: tuple[float, ...]
+    gain: tuple[float, ...] | None
+    offset: tuple[float, ...] | None
+
+    @classmethod
+    def from_stats(cls, mean: Sequence[float], std: Sequence[float]) -> ImageNormalization:
+        mean64, std64 = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        shared = float(std64.mean())
+        bias = tuple(float(b) for b in -mean64 / std64)
+        if np.all(std64 == std64[0]):
+            return cls(1.0 / (255.0 * shared), bias, None, None)
+        gain = shared / std64
+        offset = (gain - 1.0) * mean64 / std64
+        return cls(1.0 / (255.0 * shared), bias, tuple(map(float, gain)), tuple(map(float, offset)))
+
+    def image_type_output(self, pixels: np.ndarray) -> np.ndarray:
+        """What Core ML feeds the graph for (N, 3, H, W) raw pixels: scale * pixel + bias[c]."""
+        bias = np.asarray(self.bias).reshape(1, 3, 1, 1)
+        return (self.scale * pixels.astype(np.float64) + bias).astype(np.float32)
+
+
+class CoreMLWrapper(nn.Module):
+    """The graph Core ML runs: per-channel correction, the model, then softmax (classifier) or flatten."""
+
+    def __init__(self, model: nn.Module, norm: ImageNormalization, classifier: bool):
+        super().__init__()
+        self.model = model
+        self.classifier = classifier
+        self.correct = norm.gain is not None
+        if self.correct:
+            self.register_buffer("gain", torch.tensor(norm.gain, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("offset", torch.tensor(norm.offset, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.correct:
+            x = x * self.gain + self.offset
+        out = self.model(x)
+        return torch.softmax(out, dim=1) if self.classifier else out.flatten(1)
+
+
+def deployment_target(name: str) -> ct.target:
+    """The coremltools target for a config name such as 'iOS16' or 'macOS14'."""
+    target = getattr(ct.target, name, None)
+    if not isinstance(target, ct.target):
+        raise ValueError(
+            f"export.coreml.minimum_deployment_target: unknown target '{name}' (e.g. iOS16, iOS17)"
+        )
+    return target
+
+
+def w8a8_skip_reason(target_name: str) -> str | None:
+    """Why the W8A8 variant cannot be made here (None when it can)."""
+    if deployment_target(target_name).value < ct.target.iOS17.value:
+        return f"w8a8 needs minimum_deployment_target iOS17 or later, not {target_name}"
+    if sys.platform != "darwin":
+        return "w8a8 calibrates activations by running the model (MLModel.predict), which needs macOS"
+    return None
+
+
+def convert(
+    module: nn.Module,
+    *,
+    image_size: int,
+    norm: ImageNormalization,
+    classes: list[str] | None,
+    target_name: str,
+    precision: str,
+) -> ct.models.MLModel:
+    """Trace and convert to an ML Program: a classifier when `classes` is given, else an embedding model."""
+    wrapper = CoreMLWrapper(module, norm, classifier=classes is not None)
+    traced = trace(wrapper, torch.rand(1, 3, image_size, image_size))
+    image = ct.ImageType(
+        name=INPUT_NAME,
+        shape=(1, 3, image_size, image_size),
+        scale=norm.scale,
+        bias=list(norm.bias),
+        color_layout=ct.colorlayout.RGB,
+    )
+    head: dict[str, Any] = (
+        {"classifier_config": ct.ClassifierConfig(list(classes))}
+        if classes is not None
+        else {"outputs": [ct.TensorType(name=EMBEDDING_OUTPUT)]}
+    )
+    with warnings.catch_warnings():  # the classifier head renames the traced output var: expected, not news
+        warnings.filterwarnings("ignore", message=r"Output, '.*', of the source model, has been renamed")
+        return ct.convert(
+            traced,
+            inputs=[image],
+            convert_to="mlprogram",
+            minimum_deployment_target=deployment_target(target_name),
+            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+            **head,
+        )
+
+
+def compress(base: ct.models.MLModel, variant: str, calibration: list[Image.Image]) -> ct.models.MLModel:
+    """A compressed copy of an fp16 model: 'int8', 'palettizeN' or 'w8a8' (see w8a8_skip_reason)."""
+    int8 = cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
+    )
+    if variant == "int8":
+        return cto.linear_quantize_weights(base, int8)
+    bits = palette_bits(variant)
+    if bits is not None:
+        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits))
+        return cto.palettize_weights(base, config)
+    if variant == "w8a8":
+        activations = cto.OptimizationConfig(
+            global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric")
+        )
+        samples = [{INPUT_NAME: image} for image in calibration]
+        return cto.linear_quantize_weights(cto.linear_quantize_activations(base, activations, samples), int8)
+    raise ValueError(f"unknown Core ML compression variant '{variant}'")
+
+
+def save(
+    mlmodel: ct.models.MLModel,
+    path: Path,
+    *,
+    settings: ExportSettings,
+    user_metadata: dict[str, Any],
+    classifier: bool,
+) -> None:
+    """Fill what Xcode shows (author, license, description, version, user metadata, input/output notes) and
+    write the .mlpackage atomically.
+
+    The preview key makes Xcode's model viewer offer its drag-an-image classifier preview.
+    """
+    mlmodel.author = settings.author
+    mlmodel.license = settings.license
+    mlmodel.version = settings.version
+    mlmodel.short_description = (
+        settings.description if classifier else f"Feature extractor (embeddings): {settings.description}"
+    )
+    for key, value in user_metadata.items():
+        mlmodel.user_defined_metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    mlmodel.input_description[INPUT_NAME] = "RGB image, raw pixels (normalization is built into the model)"
+    if classifier:
+        mlmodel.user_defined_metadata[PREVIEW_KEY] = "imageClassifier"
+        mlmodel.output_description[LABEL_OUTPUT] = "Most likely class"
+        mlmodel.output_description[PROBS_OUTPUT] = "Probability of each class"
+    else:
+        mlmodel.output_description[EMBEDDING_OUTPUT] = "Image embedding (feature vector)"
+    with atomic_output(path) as tmp:
+        mlmodel.save(str(tmp))
+
+
+def weights_bytes(package: Path) -> int:
+    """Bytes of the weight files inside an .mlpackage (what compression shrinks)."""
+    return size_bytes(package / WEIGHTS_DIR)
+
+
+def in_memory_weights_bytes(mlmodel: ct.models.MLModel) -> int:
+    """Weight bytes of a converted, unsaved model (its weights live in a temporary folder)."""
+    return size_bytes(Path(mlmodel.weights_dir))
+
+
+def max_weight_ratio(variant: str) -> float | None:
+    """Largest weight size, as a fraction of fp16, that a compressed variant may have (None: no limit).
+
+    n-bit weights take n/16 of fp16; the margin covers scales, look-up tables and small layers left in fp16.
+    """
+    if variant in ("int8", "w8a8"):
+        return 0.55
+    bits = palette_bits(variant)
+    return None if bits is None else bits / 16 + 0.075
+
+
+def _values(value: Any) -> list[Any]:
+    """The flat contents of an immediate MIL value (a tensor, or a list of tensors such as class labels)."""
+    immediate = value.immediateValue
+    if immediate.WhichOneof("value") == "list":
+        return [v for item in immediate.list.values for v in _values(item)]
+    tensor = immediate.tensor
+    return list(getattr(tensor, tensor.WhichOneof("value")).values)
+
+
+def _input_values(ops: dict[str, Any], op: Any, name: str) -> list[Any]:
+    """Values bound to input `name` of `op`: inline, or produced by a const op."""
+    binding = op.inputs[name].arguments[0]
+    if binding.WhichOneof("binding") == "name":
+        return _values(ops[binding.name].attributes["val"])
+    return _values(binding.value)
+
+
+def check_spec(
+    package: Path,
+    *,
+    image_size: int,
+    norm: ImageNormalization,
+    classes: list[str] | None,
+    user_metadata_keys: Sequence[str],
+) -> list[str]:
+    """Problems with a saved .mlpackage's interface (empty when it is what apps expect).
+
+    Checks the image input (RGB, size), the scale/bias ops the converter inserts, the outputs, the class
+    labels and their order, and the metadata (for a classifier including Xcode's preview type).
+    """
+    spec = ct.models.utils.load_spec(str(package))
+    problems = []
+    inputs = spec.description.input
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type.WhichOneof("Type") != "imageType":
+        problems.append(f"input is not one image named '{INPUT_NAME}'")
+    else:
+        image = inputs[0].type.imageType
+        if (image.width, image.height) != (image_size, image_size):
+            problems.append(f"input is {image.width}x{image.height}, expected {image_size}x{image_size}")
+        if image.colorSpace != ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB:
+            problems.append("input color space is not RGB")
+
+    main = spec.mlProgram.functions["main"]
+    ops = {out.name: op for op in main.block_specializations[main.opset].operations for out in op.outputs}
+    # the converter inserts these ops only for a scale other than 1 and a bias other than 0
+    scale_op, bias_op = ops.get(f"{INPUT_NAME}__scaled__"), ops.get(f"{INPUT_NAME}__biased__")
+    scale = _input_values(ops, scale_op, "y") if scale_op is not None else [1.0]
+    bias = _input_values(ops, bias_op, "y") if bias_op is not None else [0.0, 0.0, 0.0]
+    if not np.allclose(scale, [norm.scale], rtol=1e-6) or not np.allclose(bias, norm.bias, rtol=1e-6):
+        problems.append(f"image scale/bias are {scale}/{bias}, expected {norm.scale}/{list(norm.bias)}")
+
+    outputs = {o.name: o.type.WhichOneof("Type") for o in spec.description.output}
+    if classes is None:
+        if outputs != {EMBEDDING_OUTPUT: "multiArrayType"}:
+            problems.append(f"outputs are {outputs}, expected one multiarray '{EMBEDDING_OUTPUT}'")
+    else:
+        if outputs != {LABEL_OUTPUT: "stringType", PROBS_OUTPUT: "dictionaryType"}:
+            problems.append(f"outputs are {outputs}, expected '{LABEL_OUTPUT}' and '{PROBS_OUTPUT}'")
+        classify = [op for op in ops.values() if op.type == "classify"]
+        labels = _input_values(ops, classify[0], "classes") if classify else None
+        if labels != list(classes):
+            problems.append(f"class labels are {labels}, expected {classes} in that order")
+
+    meta = spec.description.metadata
+    expected_keys = [*user_metadata_keys, PREVIEW_KEY] if classes is not None else list(user_metadata_keys)
+    missing = [k for k in expected_keys if k not in meta.userDefined]
+    if missing:
+        problems.append(f"user metadata lacks {missing}")
+    if classes is not None and meta.userDefined.get(PREVIEW_KEY) != "imageClassifier":
+        problems.append(f"{PREVIEW_KEY} is not 'imageClassifier'")
+    if not meta.versionString or not meta.shortDescription:
+        problems.append("version or short description is empty")
+    return problems
+
+
+def to_pixels(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> list[Image.Image]:
+    """Undo the normalization of preprocessed (N, 3, S, S) inputs: the RGB images an app would pass."""
+    pixels = (inputs * np.asarray(std).reshape(1, 3, 1, 1) + np.asarray(mean).reshape(1, 3, 1, 1)) * 255.0
+    arrays = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    return [Image.fromarray(a) for a in arrays]
+
+
+def coreml_predictor(
+    package: Path, *, classes: list[str] | None, mean: Sequence[float], std: Sequence[float]
+) -> Predict:
+    """Predict with Core ML on the CPU (macOS only): class probabilities, or embeddings."""
+    model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_ONLY)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        rows = []
+        for image in to_pixels(batch, mean, std):
+            result = model.predict({INPUT_NAME: image})
+            if classes is None:
+                rows.append(np.asarray(result[EMBEDDING_OUTPUT], np.float32).reshape(-1))
+            else:
+                rows.append(np.asarray([result[PROBS_OUTPUT][c] for c in classes], np.float32))
+        return np.stack(rows)
+
+    return predict

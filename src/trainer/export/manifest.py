@@ -1,0 +1,141 @@
+"""Atomic writes, artifact hashing and manifest.json.
+
+Every file or folder the export hands over goes through `atomic_output`: it is written under a hidden
+temporary name in the destination folder and renamed into place only once complete, so an interrupted export
+never leaves a half-written artifact under a name that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+TMP_PREFIX = ".tmp-"
+MANIFEST_NAME = "manifest.json"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _files(path: Path) -> list[Path]:
+    """The regular files of an artifact, sorted by relative path (a file is its own single member)."""
+    if path.is_file():
+        return [path]
+    return sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+
+
+def _fsync(path: Path) -> None:
+    """Flush the artifact's bytes to disk so the rename never publishes data still in the page cache."""
+    for file in _files(path):
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+@contextmanager
+def atomic_output(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final` (same suffix); publish it as `final` only if the block succeeds.
+
+    The writer may create a file or a directory (an .mlpackage) there. On any exception, KeyboardInterrupt
+    included, the temporary is removed and `final` keeps its previous state. Replacing a directory needs a
+    rename-aside (os.replace cannot overwrite a non-empty one); the old copy is deleted afterwards.
+    """
+    final = Path(final)
+    tmp = final.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-{final.name}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"the writer produced nothing at {tmp}")
+        _fsync(tmp)
+        if final.is_dir() and not final.is_symlink():
+            aside = final.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-old-{final.name}")
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            _remove(aside)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically write a UTF-8 text file."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def size_bytes(path: Path) -> int:
+    """Bytes on disk: the file's size, or the total over a directory's files (an .mlpackage)."""
+    return sum(f.stat().st_size for f in _files(path))
+
+
+def _hash_into(digest: Any, file: Path) -> None:
+    with open(file, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+
+
+def sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a directory as its sorted relative paths each followed by its content.
+
+    Names and contents are length-prefixed, so moving bytes between a name and a file changes the hash.
+    """
+    digest = hashlib.sha256()
+    if path.is_file():
+        _hash_into(digest, path)
+        return digest.hexdigest()
+    for file in _files(path):
+        name = file.relative_to(path).as_posix().encode()
+        digest.update(len(name).to_bytes(8, "big") + name + file.stat().st_size.to_bytes(8, "big"))
+        _hash_into(digest, file)
+    return digest.hexdigest()
+
+
+def artifact_entry(path: Path, out_dir: Path, *, format: str, precision: str, kind: str) -> dict[str, Any]:
+    """The manifest fields every artifact has; verification adds its figures to the returned dict."""
+    return {
+        "name": path.name,
+        "format": format,
+        "precision": precision,
+        "kind": kind,
+        "path": path.relative_to(out_dir).as_posix(),
+        "size_bytes": size_bytes(path),
+        "sha256": sha256(path),
+    }
+
+
+def remove_stale(out_dir: Path) -> None:
+    """Clear what an earlier export left in `out_dir`: temporaries of a crashed run and the files its manifest
+    listed, so that nothing from before can pass for part of this export."""
+    for leftover in out_dir.glob(f"{TMP_PREFIX}*"):
+        _remove(leftover)
+    manifest_path = out_dir / MANIFEST_NAME
+    try:
+        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    root = out_dir.resolve()
+    listed = [a.get("path") for a in previous.get("artifacts", [])] + list(previous.get("handoff", []))
+    for rel in filter(lambda r: isinstance(r, str), listed):
+        target = (out_dir / rel).resolve()
+        if target.is_relative_to(root) and target != root:  # never outside the export folder
+            _remove(target)
+    manifest_path.unlink(missing_ok=True)
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Atomically write manifest.json (the file reports and trainer-predict read)."""
+    path = out_dir / MANIFEST_NAME
+    write_text(path, json.dumps(manifest, indent=2, default=str) + "\n")  # str(): numpy scalars in metadata
+    return path

@@ -1,0 +1,137 @@
+"""trainer-predict: top-k classes for photos with an exported model (ONNX, TorchScript; Core ML on macOS).
+
+Preprocessing (resize, crop, mean/std) and the class names come from the manifest.json beside the artifact, so
+the command needs nothing but the export folder. Problems with the inputs end in one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.data.images import check_image, load_rgb
+from trainer.export.manifest import MANIFEST_NAME
+from trainer.export.preprocessing import apply_preprocess
+from trainer.export.verify import Predict, softmax, torch_predictor
+
+EXIT_USAGE = 2
+
+
+class PredictError(Exception):
+    """A problem with the user's inputs, reported as one line."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def read_manifest(artifact: Path) -> dict[str, Any]:
+    """The manifest.json written beside `artifact` by the export."""
+    path = artifact.parent / MANIFEST_NAME
+    if not path.is_file():
+        raise PredictError(f"no {MANIFEST_NAME} beside {artifact} (looked for {path})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        classes, _ = manifest["classes"], manifest["preprocess"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PredictError(f"cannot read {path}: {_first_line(exc)}") from exc
+    entry = next((a for a in manifest.get("artifacts", []) if a.get("path") == artifact.name), {})
+    if entry.get("kind") == "embedding":
+        raise PredictError(f"{artifact} is a feature extractor: it outputs embeddings, not classes")
+    if not classes:
+        raise PredictError(f"{path} lists no classes")
+    return manifest
+
+
+def load_predictor(artifact: Path, manifest: dict[str, Any]) -> tuple[Predict, bool]:
+    """A predictor for `artifact`, and whether it returns probabilities (Core ML) rather than logits."""
+    suffix = artifact.suffix.lower()
+    try:
+        if suffix == ".onnx":
+            from trainer.export.onnx import onnx_predictor
+
+            return onnx_predictor(artifact, torch.get_num_threads()), False
+        if suffix == ".ptl":
+            from trainer.export.torchscript import load_lite
+
+            return torch_predictor(load_lite(artifact)), False
+        if suffix == ".pt":
+            from trainer.export.torchscript import load_torchscript
+
+            return torch_predictor(load_torchscript(artifact)), False
+        if suffix == ".mlpackage":
+            if sys.platform != "darwin":
+                raise PredictError(f"{artifact}: Core ML models run only on macOS; use the .onnx or .pt here")
+            from trainer.export.coreml import coreml_predictor
+
+            prep = manifest["preprocess"]
+            return coreml_predictor(
+                artifact, classes=manifest["classes"], mean=prep["mean"], std=prep["std"]
+            ), True
+    except PredictError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure means the artifact is unusable
+        raise PredictError(f"cannot load {artifact}: {_first_line(exc)}") from exc
+    raise PredictError(
+        f"{artifact}: unsupported artifact type '{suffix}' (expected .onnx, .pt, .ptl, .mlpackage)"
+    )
+
+
+def predict_images(
+    artifact: Path, images: Sequence[Path], top_k: int
+) -> list[tuple[Path, list[tuple[str, float]]]]:
+    """Top-k (class, probability) for each image, best first."""
+    if not artifact.exists():
+        raise PredictError(f"artifact not found: {artifact}")
+    manifest = read_manifest(artifact)
+    for image in images:
+        reason = check_image(image)
+        if reason:
+            raise PredictError(f"cannot read image {image}: {reason}")
+    predict, gives_probabilities = load_predictor(artifact, manifest)
+    batch = np.stack([apply_preprocess(load_rgb(image), manifest["preprocess"]) for image in images])
+    try:
+        scores = np.asarray(predict(batch), dtype=np.float32).reshape(len(images), -1)
+    except Exception as exc:  # noqa: BLE001 - a model that loads but cannot run these inputs is a bad artifact
+        raise PredictError(f"cannot run {artifact}: {_first_line(exc)}") from exc
+    probabilities = scores if gives_probabilities else softmax(scores)
+    classes = manifest["classes"]
+    results = []
+    for image, row in zip(images, probabilities, strict=True):
+        order = np.argsort(-row)[:top_k]
+        results.append((image, [(classes[i], float(row[i])) for i in order]))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (trainer-predict); returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="trainer-predict", description="Print the top-k classes of photos with an exported model."
+    )
+    parser.add_argument("--artifact", required=True, type=Path, help="model.onnx, *.pt, *.ptl or *.mlpackage")
+    parser.add_argument("images", nargs="+", type=Path, help="photos to classify")
+    parser.add_argument(
+        "--top-k", type=int, default=3, help="how many classes to print per image (default 3)"
+    )
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be at least 1")
+    try:
+        results = predict_images(args.artifact, args.images, args.top_k)
+    except PredictError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for image, top in results:
+        print(image)
+        width = max(len(label) for label, _ in top)
+        for label, probability in top:
+            print(f"  {label:<{width}}  {probability:.3f}")
+    return 0

@@ -1,0 +1,95 @@
+"""The `export` config node as a typed, validated object.
+
+Checked before anything is written, so that a typo in a variant name fails in a second rather than after the
+ONNX and TorchScript exports have spent minutes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+FORMATS = ("torchscript", "onnx", "coreml")
+PALETTE_BITS = (1, 2, 3, 4, 6, 8)
+_PALETTIZE = re.compile(r"palettize(\d+)")
+
+
+def palette_bits(variant: str) -> int | None:
+    """N for a `palettizeN` variant name, None for any other name."""
+    match = _PALETTIZE.fullmatch(variant)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    formats: tuple[str, ...]
+    torchscript_lite: bool
+    onnx_opset: int | None
+    onnx_int8: bool
+    calibration_images: int
+    coreml_quantize: tuple[str, ...]
+    deployment_target: str
+    headless: bool
+    max_images: int | None
+    latency_runs: int
+    latency_warmup: int
+    author: str
+    license: str
+    version: str
+    description: str
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> ExportSettings:
+        """Read the `export` node (conf/export/default.yaml); every key must be present."""
+        node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+        def get(dotted: str) -> Any:
+            value: Any = node
+            for key in dotted.split("."):
+                if not isinstance(value, Mapping) or key not in value:
+                    raise ValueError(f"export config lacks '{dotted}' (see conf/export/default.yaml)")
+                value = value[key]
+            return value
+
+        settings = cls(
+            formats=tuple(get("formats")),
+            torchscript_lite=bool(get("torchscript.lite")),
+            onnx_opset=get("onnx.opset"),
+            onnx_int8=bool(get("onnx.int8")),
+            calibration_images=int(get("onnx.calibration_images")),
+            coreml_quantize=tuple(get("coreml.quantize")),
+            deployment_target=str(get("coreml.minimum_deployment_target")),
+            headless=bool(get("headless")),
+            max_images=get("verify.max_images"),
+            latency_runs=int(get("latency.runs")),
+            latency_warmup=int(get("latency.warmup")),
+            author=str(get("author")),
+            license=str(get("license")),
+            version=str(get("version")),
+            description=str(get("description")),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown:
+            raise ValueError(f"export.formats: unknown {unknown}; choose from {list(FORMATS)}")
+        for variant in self.coreml_quantize:
+            bits = palette_bits(variant)
+            if variant not in ("fp32", "fp16", "int8", "w8a8") and bits is None:
+                raise ValueError(
+                    f"export.coreml.quantize: unknown variant '{variant}'; "
+                    "choose from fp32, fp16, int8, palettizeN, w8a8"
+                )
+            if bits is not None and bits not in PALETTE_BITS:
+                raise ValueError(f"export.coreml.quantize: {variant}: N must be one of {PALETTE_BITS}")
+        if self.latency_runs < 1 or self.latency_warmup < 0:
+            raise ValueError("export.latency: runs must be >= 1 and warmup >= 0")
+        if self.calibration_images < 1:
+            raise ValueError("export.onnx.calibration_images must be >= 1")

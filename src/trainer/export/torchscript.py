@@ -1,0 +1,65 @@
+"""TorchScript export: a traced eval-mode model, and optionally the mobile lite-interpreter file."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer.export.manifest import atomic_output
+
+
+@contextmanager
+def _jit_without_deprecation() -> Iterator[None]:
+    """Silence torch's FutureWarning that torch.jit is deprecated: TorchScript is still the input coremltools
+    and PyTorch Mobile take, and the artifact apps and trainer-predict load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\..* deprecated", category=FutureWarning)
+        yield
+
+
+def trace(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """Trace `module` in eval mode without autograd."""
+    module.eval()
+    with torch.no_grad(), _jit_without_deprecation():
+        return torch.jit.trace(module, example)
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Write the traced model to `path`."""
+    traced = trace(model, example)
+    with atomic_output(path) as tmp, _jit_without_deprecation():
+        torch.jit.save(traced, str(tmp))
+
+
+def lite_unavailable_reason() -> str | None:
+    """Why optimize_for_mobile cannot run in this torch build (None when it can)."""
+    if not torch._C._is_xnnpack_enabled():
+        return f"optimize_for_mobile needs XNNPACK, which this torch build ({torch.__version__}) lacks"
+    return None
+
+
+def export_lite(torchscript_path: Path, path: Path) -> None:
+    """Write the mobile-optimized lite-interpreter version of a saved TorchScript model."""
+    from torch.utils.mobile_optimizer import optimize_for_mobile
+
+    optimized = optimize_for_mobile(load_torchscript(torchscript_path))
+    with atomic_output(path) as tmp:
+        optimized._save_for_lite_interpreter(str(tmp))
+
+
+def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    """Load a saved TorchScript model on CPU in eval mode."""
+    with _jit_without_deprecation():
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def load_lite(path: Path):
+    """Load a lite-interpreter (.ptl) model, as the PyTorch Mobile runtime would."""
+    from torch.jit.mobile import _load_for_lite_interpreter
+
+    return _load_for_lite_interpreter(str(path))

@@ -1,0 +1,147 @@
+"""Run artifacts on the val images and measure them against PyTorch: agreement, accuracy, CPU latency.
+
+Every runtime (eager PyTorch, TorchScript, ONNX Runtime, Core ML on macOS) is wrapped as a `Predict`, a
+function from a normalized (N, 3, S, S) float32 batch to an (N, K) float32 array, so one helper runs images
+through any of them and one compares the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from trainer.data.images import load_rgb
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+MIN_TOP1_AGREEMENT = 0.995  # fp32 artifacts must pick PyTorch's top-1 class on at least this share of images
+FP32_RELATIVE_TOLERANCE = 1e-3  # ... and stay within this fraction of the largest |output| (at least 1)
+
+
+def load_inputs(
+    paths: Sequence[str], preprocess: Callable[[Image.Image], torch.Tensor], image_size: int
+) -> tuple[np.ndarray, list[int], list[str]]:
+    """Preprocess images into one (N, 3, S, S) float32 array.
+
+    Returns the array, the indices of the paths that made it in, and one 'path: reason' line for each
+    unreadable image (skipped rather than fatal: one bad val file must not cost the whole export).
+    """
+    arrays, kept, unreadable = [], [], []
+    for index, path in enumerate(paths):
+        try:
+            arrays.append(np.asarray(preprocess(load_rgb(path)), dtype=np.float32))
+        except (OSError, ValueError, SyntaxError) as exc:
+            log.warning("skipping unreadable image %s: %s", path, exc)
+            unreadable.append(f"{path}: {exc}")
+            continue
+        kept.append(index)
+    batch = np.stack(arrays) if arrays else np.zeros((0, 3, image_size, image_size), np.float32)
+    return batch, kept, unreadable
+
+
+def torch_predictor(module: Callable[[torch.Tensor], torch.Tensor]) -> Predict:
+    """Predict with an eager, TorchScript or lite-interpreter module on CPU."""
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch)).float().numpy()
+
+    return predict
+
+
+def run_batches(predict: Predict, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Outputs of `predict` over all `inputs`, run `batch_size` at a time."""
+    outputs = [predict(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
+    if not outputs:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate([np.asarray(o, dtype=np.float32).reshape(len(o), -1) for o in outputs])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, the probabilities Core ML's classifier output reports."""
+    if not logits.size:
+        return logits
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def top1(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Share of rows whose argmax is the label (None without images)."""
+    return float((scores.argmax(1) == labels).mean()) if len(labels) else None
+
+
+def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    """Agreement of `outputs` with the PyTorch `reference` (same kind: logits, probabilities or embeddings).
+
+    With `labels` (a classifier) the top-1 agreement and accuracy; without (embeddings) the cosine similarity.
+    """
+    if not len(reference):
+        return {"max_abs_diff": None}
+    stats: dict[str, Any] = {"max_abs_diff": float(np.abs(reference - outputs).max())}
+    if labels is None:
+        norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(outputs, axis=1)
+        cosine = (reference * outputs).sum(1) / np.maximum(norms, 1e-12)
+        stats["min_cosine_similarity"] = float(cosine.min())
+    else:
+        stats["val_top1"] = top1(outputs, labels)
+        stats["top1_agreement"] = float((reference.argmax(1) == outputs.argmax(1)).mean())
+    return stats
+
+
+def fp32_problems(name: str, stats: dict[str, Any], reference: np.ndarray) -> list[str]:
+    """Why an fp32 artifact does not compute what PyTorch computes (empty when it does).
+
+    Records the tolerance it applied in `stats`, so the manifest shows what "agrees" meant.
+    """
+    problems = []
+    agreement = stats.get("top1_agreement")
+    if agreement is not None and agreement < MIN_TOP1_AGREEMENT:
+        problems.append(
+            f"{name}: top-1 agrees with PyTorch on {agreement:.2%} of images (< {MIN_TOP1_AGREEMENT:.1%})"
+        )
+    if stats["max_abs_diff"] is not None:
+        tolerance = FP32_RELATIVE_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+        stats["tolerance"] = tolerance
+        if stats["max_abs_diff"] > tolerance:
+            problems.append(f"{name}: max |output diff| {stats['max_abs_diff']:.3g} exceeds {tolerance:.3g}")
+    return problems
+
+
+def latency_ms(predict: Predict, sample: np.ndarray, runs: int, warmup: int) -> float:
+    """Median wall time of one batch-1 call, in ms, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        predict(sample)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        predict(sample)
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1000.0, 3)
+
+
+def evaluate(
+    predict: Predict,
+    inputs: np.ndarray,
+    reference: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    runs: int,
+    warmup: int,
+    threads: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Outputs on `inputs`, and the manifest figures: agreement with `reference` and batch-1 latency."""
+    outputs = run_batches(predict, inputs)
+    stats = compare(reference, outputs, labels)
+    if len(inputs):
+        stats["latency_ms"] = latency_ms(predict, inputs[:1], runs, warmup)
+        stats["threads"] = threads
+    return outputs, stats

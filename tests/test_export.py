@@ -1,0 +1,555 @@
+"""export_all end to end on a briefly trained MobileNetV2 (width 0.5, 64 px) and generated photos.
+
+The images are three visually distinct classes, so accuracy and the int8 / fp32 agreement mean something.
+One module-scoped export covers every artifact; the failure rules use a tiny conv net to stay fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import coremltools as ct
+import numpy as np
+import onnx
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+from PIL import Image, ImageDraw
+from torch import nn
+from torchvision import transforms as T
+
+from trainer.data.images import load_rgb
+from trainer.export import coreml, export_all
+from trainer.export.handoff import xcode_class_name
+from trainer.export.manifest import atomic_output, sha256, size_bytes
+from trainer.export.torchscript import lite_unavailable_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["red_disc", "green_bar", "blue_ring"]
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # unequal stds: exercises the Core ML correction
+SIZE = 64
+METADATA = {
+    "backbone": "mobilenet_v2",
+    "alpha": 0.5,
+    "dataset": "generated",
+    "val_top1": 0.9,
+    "config_hash": "c0ffee",
+}
+HYMENOPTERA = Path("/work/shared/data/hymenoptera")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Two shared cores: torch's default two threads spin against other jobs and run ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def draw(label: int, rng: np.random.Generator) -> Image.Image:
+    """A noisy 80x72 photo of a red disc, a green bar or a blue ring at a random place."""
+    img = Image.fromarray(rng.integers(60, 190, size=(72, 80, 3), dtype=np.uint8))
+    pen = ImageDraw.Draw(img)
+    x, y, r = (int(v) for v in (rng.integers(25, 55), rng.integers(25, 47), rng.integers(14, 22)))
+    if label == 0:
+        pen.ellipse([x - r, y - r, x + r, y + r], fill=(230, 30, 30))
+    elif label == 1:
+        pen.rectangle([x - r, 5, x + r // 2, 67], fill=(30, 210, 40))
+    else:
+        pen.ellipse([x - r, y - r, x + r, y + r], outline=(30, 40, 230), width=6)
+    return img
+
+
+def make_images(root: Path, per_class: int, seed: int) -> list[tuple[str, int]]:
+    """Write JPEGs and PNGs under root/<class>/ and return (path, label) pairs."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            path = root / name / f"{i}.{'png' if i % 2 else 'jpg'}"
+            draw(label, rng).save(path)
+            samples.append((str(path), label))
+    return samples
+
+
+def eval_transform() -> T.Compose:
+    return T.Compose([T.Resize(72), T.CenterCrop(SIZE), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, len(CLASSES)),
+    ).eval()
+
+
+def export_config(**overrides: object) -> OmegaConf:
+    """conf/export/default.yaml with fast latency settings and dotted-key overrides."""
+    cfg = OmegaConf.load(ROOT / "conf" / "export" / "default.yaml")
+    cfg.latency.runs, cfg.latency.warmup = 3, 1
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+def train(model: nn.Module, samples: list[tuple[str, int]], steps: int = 60) -> nn.Module:
+    """A few Adam steps, then BatchNorm statistics recomputed on the whole set so eval mode is accurate."""
+    torch.manual_seed(0)
+    transform = eval_transform()
+    x = torch.stack([transform(load_rgb(p)) for p, _ in samples])
+    y = torch.tensor([label for _, label in samples])
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    model.train()
+    for _ in range(steps):
+        batch = torch.randint(0, len(x), (16,))
+        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One full export: every format and variant, headless included."""
+    root = tmp_path_factory.mktemp("export")
+    train_samples = make_images(root / "train", per_class=16, seed=0)
+    val_samples = make_images(root / "val", per_class=8, seed=1)
+    model = train(torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=len(CLASSES)), train_samples)
+    headless = nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1))
+    cfg = export_config(
+        **{
+            "torchscript.lite": True,
+            "coreml.quantize": ["fp16", "int8", "palettize6", "w8a8"],
+            "headless": True,
+            "author": "Test Author",
+            "license": "MIT",
+            "version": "1.2.3",
+        }
+    )
+    out_dir = root / "run" / "export"
+    manifest = export_all(
+        model,
+        classes=CLASSES,
+        image_size=SIZE,
+        mean=MEAN,
+        std=STD,
+        out_dir=out_dir,
+        cfg=cfg,
+        calibration_paths=[p for p, _ in train_samples],
+        val_samples=val_samples,
+        preprocess=eval_transform(),
+        metadata=METADATA,
+        headless=headless,
+    )
+    return {"manifest": manifest, "out": out_dir, "model": model, "val": val_samples}
+
+
+def entry(manifest: dict, name: str) -> dict:
+    return next(a for a in manifest["artifacts"] if a["name"] == name)
+
+
+def test_every_artifact_exists_and_is_listed(exported: dict) -> None:
+    manifest, out = exported["manifest"], exported["out"]
+    assert manifest["errors"] == []
+    expected = {
+        "model_torchscript.pt",
+        "model.onnx",
+        "model_int8.onnx",
+        "ImageClassifier_fp16.mlpackage",
+        "ImageClassifier_int8.mlpackage",
+        "ImageClassifier_palettize6.mlpackage",
+        "feature_extractor.onnx",
+        "FeatureExtractor_fp16.mlpackage",
+    }
+    if lite_unavailable_reason() is None:
+        expected.add("model_mobile.ptl")
+    assert {a["name"] for a in manifest["artifacts"]} == expected
+    for name in expected:
+        assert (out / name).exists(), name
+    assert manifest["handoff"] == ["labels.txt", "Classifier.swift", "README.md"]
+    assert all((out / name).is_file() for name in manifest["handoff"])
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_manifest_top_level(exported: dict) -> None:
+    manifest = exported["manifest"]
+    assert manifest["classes"] == CLASSES
+    assert (manifest["image_size"], manifest["mean"], manifest["std"]) == (SIZE, list(MEAN), list(STD))
+    assert manifest["preprocess"] == {
+        "resize": 72,
+        "interpolation": "bilinear",
+        "crop": [SIZE, SIZE],
+        "mean": list(MEAN),
+        "std": list(STD),
+    }
+    assert manifest["val_images"] == len(exported["val"]) == 24
+    assert manifest["pytorch_val_top1"] >= 0.8, "the trained model should tell the generated classes apart"
+    assert manifest["pytorch_latency_ms"] > 0 and manifest["threads"] == 1
+    assert manifest["metadata"] == METADATA
+    assert manifest["warnings"] == []
+
+
+def test_sizes_and_hashes(exported: dict) -> None:
+    out = exported["out"]
+    for artifact in exported["manifest"]["artifacts"]:
+        path = out / artifact["path"]
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        assert artifact["size_bytes"] == sum(f.stat().st_size for f in files) > 0
+        assert artifact["sha256"] == sha256(path)
+        if path.is_file():
+            assert artifact["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_directory_hash_covers_names_and_contents(tmp_path: Path) -> None:
+    package = tmp_path / "m.mlpackage"
+    (package / "Data").mkdir(parents=True)
+    (package / "Manifest.json").write_text("{}")
+    (package / "Data" / "w.bin").write_bytes(b"\x00\x01")
+    first = sha256(package)
+    assert sha256(package) == first and size_bytes(package) == 4
+    (package / "Data" / "w.bin").write_bytes(b"\x00\x02")
+    assert sha256(package) != first
+    (package / "Data" / "w.bin").write_bytes(b"\x00\x01")
+    (package / "Data" / "w.bin").rename(package / "Data" / "v.bin")
+    assert sha256(package) != first
+
+
+def test_fp32_artifacts_agree_with_pytorch(exported: dict) -> None:
+    manifest = exported["manifest"]
+    names = ["model_torchscript.pt", "model.onnx"] + (
+        ["model_mobile.ptl"] if lite_unavailable_reason() is None else []
+    )
+    for name in names:
+        figures = entry(manifest, name)
+        assert figures["top1_agreement"] >= 0.995, name
+        assert figures["max_abs_diff"] <= min(figures["tolerance"], 1e-3), name
+        assert figures["val_top1"] == pytest.approx(manifest["pytorch_val_top1"])
+        assert figures["latency_ms"] > 0 and figures["threads"] == 1
+    onnx_entry = entry(manifest, "model.onnx")
+    assert onnx_entry["exporter"] in ("dynamo", "torchscript") and onnx_entry["opset"] >= 17
+
+
+def test_onnx_interface(exported: dict) -> None:
+    model = onnx.load(str(exported["out"] / "model.onnx"))
+    onnx.checker.check_model(model)
+    (image,), (logits,) = model.graph.input, model.graph.output
+    assert (image.name, logits.name) == ("image", "logits")
+    dims = image.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, SIZE, SIZE]
+
+
+def test_int8_onnx_is_quantized_and_close_to_fp32(exported: dict) -> None:
+    manifest = exported["manifest"]
+    int8 = entry(manifest, "model_int8.onnx")
+    assert int8["top1_drop_vs_fp32"] <= 1.0
+    assert int8["top1_agreement_vs_fp32"] >= 0.95
+    assert int8["size_bytes"] < 0.5 * entry(manifest, "model.onnx")["size_bytes"]
+    ops = {node.op_type for node in onnx.load(str(exported["out"] / "model_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_coreml_spec(exported: dict) -> None:
+    out = exported["out"]
+    norm = coreml.ImageNormalization.from_stats(MEAN, STD)
+    for variant in ("fp16", "int8", "palettize6"):
+        package = out / f"ImageClassifier_{variant}.mlpackage"
+        spec = ct.models.utils.load_spec(str(package))
+        assert spec.WhichOneof("Type") == "mlProgram"
+        (image,) = spec.description.input
+        assert image.name == "image" and image.type.WhichOneof("Type") == "imageType"
+        assert (image.type.imageType.width, image.type.imageType.height) == (SIZE, SIZE)
+        assert spec.description.predictedFeatureName == "classLabel"
+        assert spec.description.predictedProbabilitiesName == "classLabel_probs"
+        meta = spec.description.metadata
+        assert (meta.author, meta.license, meta.versionString) == ("Test Author", "MIT", "1.2.3")
+        assert meta.shortDescription
+        assert meta.userDefined["com.apple.coreml.model.preview.type"] == "imageClassifier"
+        assert meta.userDefined["backbone"] == "mobilenet_v2" and meta.userDefined["config_hash"] == "c0ffee"
+        assert json.loads(meta.userDefined["mean"]) == list(MEAN) and meta.userDefined["resolution"] == "64"
+        kwargs = {"image_size": SIZE, "user_metadata_keys": list(METADATA)}
+        assert coreml.check_spec(package, norm=norm, classes=CLASSES, **kwargs) == []
+        # the checker really reads labels and scale/bias: wrong expectations are reported
+        wrong_order = coreml.check_spec(package, norm=norm, classes=CLASSES[::-1], **kwargs)
+        assert any("class labels" in p for p in wrong_order)
+        other_norm = coreml.ImageNormalization.from_stats((0.5,) * 3, (0.5,) * 3)
+        assert any(
+            "scale/bias" in p for p in coreml.check_spec(package, norm=other_norm, classes=CLASSES, **kwargs)
+        )
+
+
+def test_compressed_coreml_variants_are_smaller(exported: dict) -> None:
+    out = exported["out"]
+    weights = {
+        v: coreml.weights_bytes(out / f"ImageClassifier_{v}.mlpackage")
+        for v in ("fp16", "int8", "palettize6")
+    }
+    assert weights["fp16"] > 500_000, "the model must have enough weights for the ratios to mean something"
+    assert weights["int8"] <= 0.55 * weights["fp16"]
+    assert weights["palettize6"] <= 0.45 * weights["fp16"]
+    manifest = exported["manifest"]
+    assert entry(manifest, "ImageClassifier_int8.mlpackage")["weights_ratio_vs_fp16"] == pytest.approx(
+        weights["int8"] / weights["fp16"], abs=1e-4
+    )
+
+
+def test_coreml_figures_or_reason(exported: dict) -> None:
+    for artifact in exported["manifest"]["artifacts"]:
+        if artifact["format"] != "coreml":
+            continue
+        if sys.platform == "darwin":
+            assert artifact["latency_ms"] > 0
+            if artifact["kind"] == "classifier":
+                assert artifact["top1_agreement"] >= 0.95
+        else:
+            assert artifact["val_top1"] is None and artifact["latency_ms"] is None
+            assert "macOS" in artifact["reason"]
+
+
+def test_skipped_variants_give_reasons(exported: dict) -> None:
+    skipped = {s["name"]: s["reason"] for s in exported["manifest"]["skipped"]}
+    assert "iOS17" in skipped["coreml_w8a8"]
+    if sys.platform != "darwin":
+        assert "macOS" in coreml.w8a8_skip_reason("iOS17")
+    if lite_unavailable_reason() is not None:
+        assert "XNNPACK" in skipped["torchscript_lite"]
+
+
+def test_normalization_folded_into_image_input_is_exact() -> None:
+    model = tiny_net()
+    norm = coreml.ImageNormalization.from_stats(MEAN, STD)
+    assert norm.scale == pytest.approx(1 / (255 * np.mean(STD)))
+    assert norm.bias == pytest.approx([-m / s for m, s in zip(MEAN, STD, strict=True)])
+    pixels = np.random.default_rng(0).integers(0, 256, size=(2, 3, SIZE, SIZE)).astype(np.float32)
+    expected_input = (pixels / 255 - np.reshape(MEAN, (1, 3, 1, 1))) / np.reshape(STD, (1, 3, 1, 1))
+    core_ml_input = norm.image_type_output(pixels)  # what ImageType's scale/bias alone produce
+    assert np.abs(core_ml_input - expected_input).max() > 1e-2, "unequal stds: the correction must matter"
+    wrapped = coreml.CoreMLWrapper(model, norm, classifier=False).eval()
+    with torch.no_grad():
+        ours = wrapped(torch.from_numpy(core_ml_input)).numpy()
+        reference = model(torch.from_numpy(expected_input.astype(np.float32))).numpy()
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    assert coreml.ImageNormalization.from_stats((0.5,) * 3, (0.5,) * 3).gain is None
+
+
+def test_headless_variant(exported: dict) -> None:
+    manifest, out = exported["manifest"], exported["out"]
+    onnx_entry = entry(manifest, "feature_extractor.onnx")
+    assert onnx_entry["kind"] == "embedding" and onnx_entry["min_cosine_similarity"] > 0.9999
+    assert onnx_entry["max_abs_diff"] <= onnx_entry["tolerance"]
+    graph = onnx.load(str(out / "feature_extractor.onnx")).graph
+    assert graph.output[0].name == "embedding"
+    assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == 1280
+    spec = ct.models.utils.load_spec(str(out / "FeatureExtractor_fp16.mlpackage"))
+    (output,) = spec.description.output
+    assert output.name == "embedding" and output.type.WhichOneof("Type") == "multiArrayType"
+    assert "com.apple.coreml.model.preview.type" not in spec.description.metadata.userDefined
+
+
+def test_handoff_files(exported: dict) -> None:
+    out, manifest = exported["out"], exported["manifest"]
+    assert (out / "labels.txt").read_text().splitlines() == CLASSES
+    card = (out / "README.md").read_text()
+    for text in [*CLASSES, "ImageClassifier_palettize6.mlpackage", "mobilenet_v2", "c0ffee", "raw 0-255"]:
+        assert text in card
+    assert f"{100 * manifest['pytorch_val_top1']:.1f}%" in card
+    swift = (out / "Classifier.swift").read_text()
+    for text in ["import Vision", "VNCoreMLRequest", "VNClassificationObservation", "CGImage"]:
+        assert text in swift
+    assert "try ImageClassifier_fp16(configuration: configuration).model" in swift
+
+
+def test_xcode_class_name() -> None:
+    assert xcode_class_name("ImageClassifier_fp16.mlpackage") == "ImageClassifier_fp16"
+    assert xcode_class_name("out/My Model-v2.mlpackage") == "My_Model_v2"
+    assert xcode_class_name("3d.mlpackage") == "_3d"
+
+
+def small_export(tmp_path: Path, cfg: OmegaConf, out_dir: Path | None = None) -> dict:
+    """export_all with the tiny net on a few generated images."""
+    samples = make_images(tmp_path / "images", per_class=2, seed=2)
+    return export_all(
+        tiny_net(),
+        classes=CLASSES,
+        image_size=SIZE,
+        mean=MEAN,
+        std=STD,
+        out_dir=out_dir or tmp_path / "export",
+        cfg=cfg,
+        calibration_paths=[p for p, _ in samples],
+        val_samples=samples,
+        preprocess=eval_transform(),
+        metadata=METADATA,
+    )
+
+
+def test_failed_coreml_conversion_keeps_other_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_convert(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("converter exploded on op 'foo'")
+
+    monkeypatch.setattr(ct, "convert", broken_convert)
+    with caplog.at_level(logging.ERROR):
+        manifest = small_export(tmp_path, export_config(**{"onnx.int8": False}))
+    out = tmp_path / "export"
+    assert {a["name"] for a in manifest["artifacts"]} == {"model_torchscript.pt", "model.onnx"}
+    assert (out / "model_torchscript.pt").is_file() and (out / "model.onnx").is_file()
+    assert not list(out.glob("*.mlpackage"))
+    assert manifest["errors"] == [
+        {"artifact": "coreml_fp16 conversion", "error": "RuntimeError: converter exploded on op 'foo'"}
+    ]
+    assert {s["name"] for s in manifest["skipped"]} >= {
+        "coreml_int8",
+        "coreml_palettize6",
+        "Classifier.swift",
+    }
+    assert "converter exploded" in caplog.text
+    assert json.loads((out / "manifest.json").read_text())["errors"] == manifest["errors"]
+    assert "converter exploded" in (out / "README.md").read_text()
+
+
+def test_interrupted_export_leaves_no_complete_looking_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / ".tmp-deadbeef-model.onnx").write_bytes(b"left by a crashed run")
+
+    def dying_save(module: object, path: str) -> None:
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # the process is stopped mid-write
+
+    monkeypatch.setattr(torch.jit, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        small_export(tmp_path, export_config(formats=["torchscript", "onnx"]))
+    assert sorted(os.listdir(out)) == [], "no partial model, no temporary, no manifest"
+
+
+def test_atomic_output_replaces_directories_only_when_complete(tmp_path: Path) -> None:
+    final = tmp_path / "Model.mlpackage"
+    with atomic_output(final) as tmp:
+        tmp.mkdir()
+        (tmp / "weight.bin").write_bytes(b"v1")
+    with pytest.raises(OSError), atomic_output(final) as tmp:
+        tmp.mkdir()
+        (tmp / "weight.bin").write_bytes(b"v2-partial")
+        raise OSError("disk full")
+    assert (final / "weight.bin").read_bytes() == b"v1"
+    with atomic_output(final) as tmp:
+        tmp.mkdir()
+        (tmp / "weight.bin").write_bytes(b"v2")
+    assert (final / "weight.bin").read_bytes() == b"v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Model.mlpackage"]
+
+
+def test_reexport_removes_artifacts_of_the_previous_export(tmp_path: Path) -> None:
+    first = small_export(tmp_path, export_config(formats=["torchscript"]))
+    assert first["errors"] == [] and (tmp_path / "export" / "model_torchscript.pt").exists()
+    second = small_export(tmp_path, export_config(formats=["onnx"], **{"onnx.int8": False}))
+    assert second["errors"] == []
+    names = sorted(p.name for p in (tmp_path / "export").iterdir())
+    assert names == ["README.md", "labels.txt", "manifest.json", "model.onnx"]
+
+
+def test_onnx_falls_back_to_the_torchscript_exporter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    export = torch.onnx.export
+
+    def dynamo_cannot_capture(*args: object, dynamo: bool, **kwargs: object) -> object:
+        if dynamo:
+            raise RuntimeError("torch.export cannot capture this model")
+        return export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_cannot_capture)
+    manifest = small_export(tmp_path, export_config(formats=["onnx"], **{"onnx.int8": False}))
+    onnx_entry = entry(manifest, "model.onnx")
+    assert manifest["errors"] == [] and onnx_entry["exporter"] == "torchscript"
+    assert "cannot capture" in onnx_entry["fallback_reason"]
+    assert onnx_entry["top1_agreement"] == 1.0
+
+
+def test_unreadable_val_image_is_listed_not_fatal(tmp_path: Path) -> None:
+    bogus = tmp_path / "broken.jpg"
+    bogus.write_bytes(b"\xff\xd8 truncated")
+    samples = make_images(tmp_path / "images", per_class=1, seed=5)
+    manifest = export_all(
+        tiny_net(),
+        classes=CLASSES,
+        image_size=SIZE,
+        mean=MEAN,
+        std=STD,
+        out_dir=tmp_path / "export",
+        cfg=export_config(formats=["torchscript"]),
+        calibration_paths=[],
+        val_samples=[*samples, (str(bogus), 0)],
+        preprocess=eval_transform(),
+        metadata={},
+    )
+    assert manifest["errors"] == [] and manifest["val_images"] == len(samples)
+    assert len(manifest["unreadable_images"]) == 1 and str(bogus) in manifest["unreadable_images"][0]
+
+
+def test_invalid_config_fails_before_writing(tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    with pytest.raises(ValueError, match="palettize5"):
+        small_export(tmp_path, export_config(**{"coreml.quantize": ["palettize5"]}), out)
+    with pytest.raises(ValueError, match="iOS99"):
+        small_export(tmp_path, export_config(**{"coreml.minimum_deployment_target": "iOS99"}), out)
+    cfg = export_config()
+    del cfg.onnx["int8"]
+    with pytest.raises(ValueError, match="onnx.int8"):
+        small_export(tmp_path, cfg, out)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="real photos not available (/work/shared)")
+def test_real_photos(tmp_path: Path) -> None:
+    """Real phone-camera JPEGs (odd sizes, EXIF) go through the same checks."""
+    val = [
+        (str(p), i)
+        for i, name in enumerate(("ants", "bees"))
+        for p in sorted((HYMENOPTERA / "val" / name).iterdir())[:8]
+    ]
+    train = [
+        str(p) for name in ("ants", "bees") for p in sorted((HYMENOPTERA / "train" / name).iterdir())[:8]
+    ]
+    model = nn.Sequential(*list(tiny_net())[:-1], nn.Linear(16, 2)).eval()
+    manifest = export_all(
+        model,
+        classes=["ants", "bees"],
+        image_size=SIZE,
+        mean=MEAN,
+        std=STD,
+        out_dir=tmp_path / "export",
+        cfg=export_config(formats=["onnx"]),
+        calibration_paths=train,
+        val_samples=val,
+        preprocess=eval_transform(),
+        metadata={},
+    )
+    assert manifest["errors"] == [] and manifest["val_images"] == 16
+    assert entry(manifest, "model.onnx")["top1_agreement"] >= 0.995
