@@ -286,3 +286,74 @@ def test_dataset_configs_name_a_registered_source(name):
     cfg = _cfg(name)
     assert cfg.source in _SOURCES and cfg.name == name
     assert cfg.download is (name != "camera_scene")
+
+
+# --- Every dataset config end to end: local server, download, verify, extract, train one epoch --------------
+
+TRAIN_FAST = [
+    "model=demo",
+    "model.alpha=0.25",
+    "dataset.image_size=32",
+    "dataset.batch_size=8",
+    "trainer.max_epochs=1",
+    "export.enabled=false",
+]
+
+
+def _served(name: str, server, build: Path) -> list[str]:
+    """Put `name`'s archive(s) on the local server; return the overrides that point the config at them."""
+    if name in ("imagenette", "imagewoof"):
+        family, classes = (
+            ("imagenette2", IMAGENETTE_CLASSES) if name == "imagenette" else ("imagewoof2", IMAGEWOOF_CLASSES)
+        )
+        folder = archive_folder(family, 320)
+        sha = _imagenette_archive(server.directory, folder, sorted(classes), build)
+        return [f"dataset.url={server.url(folder + '.tgz')}", f"dataset.sha256={sha}"]
+    if name == "stanford_dogs":
+        (server.directory / "dogs").mkdir()
+        shas = _dogs_archives(server.directory / "dogs", build)
+        return [
+            f"dataset.url={server.url('dogs/')}",
+            f"dataset.sha256={{images.tar:{shas['images']},lists.tar:{shas['lists']}}}",
+        ]
+    _tiny_archive(server.directory / "tiny-imagenet-200.zip", build)
+    return [f"dataset.url={server.url('tiny-imagenet-200.zip')}"]
+
+
+@pytest.mark.parametrize("name", ["imagenette", "imagewoof", "stanford_dogs", "tiny_imagenet"])
+def test_named_dataset_trains_from_the_local_server(http_server, tmp_path, name):
+    from trainer.cli import compose_config
+    from trainer.training.run import train
+
+    overrides = [
+        f"dataset={name}",
+        f"dataset.root={tmp_path / 'data'}",
+        *_served(name, http_server, tmp_path / "b"),
+    ]
+    metrics = train(compose_config([*TRAIN_FAST, *overrides], output_dir=str(tmp_path / "run")))
+    assert metrics["dataset"] == name and metrics["epochs"] == 1
+    assert metrics["train_images"] > 0 and 0 <= metrics["val_top1"] <= 1
+
+
+def test_camera_scene_trains_and_reports_the_challenge_score(tmp_path):
+    from trainer.cli import compose_config
+    from trainer.training.run import train
+
+    _camera_scene(tmp_path / "cam")
+    overrides = [
+        *TRAIN_FAST,
+        "dataset=camera_scene",
+        f"dataset.root={tmp_path / 'cam'}",
+        "export.enabled=true",
+        "export.formats=[onnx]",
+        "export.onnx.int8=false",
+        "export.latency.runs=5",
+        "export.latency.warmup=1",
+    ]
+    metrics = train(compose_config(overrides, output_dir=str(tmp_path / "run")))
+    assert metrics["num_classes"] == 30 and metrics["val_top3"] is not None
+    assert metrics["runtime_s"] > 0 and "onnxruntime" in metrics["runtime"]
+    expected = (
+        2 ** ((100 * metrics["val_top1"] - 96) + (100 * metrics["val_top3"] - 99)) / metrics["runtime_s"]
+    )
+    assert metrics["mai_score"] == pytest.approx(expected)
