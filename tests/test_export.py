@@ -20,6 +20,7 @@ import onnx
 import pytest
 import torch
 import torchvision
+from conftest import SHARED
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from torch import nn
@@ -42,7 +43,7 @@ METADATA = {
     "val_top1": 0.9,
     "config_hash": "c0ffee",
 }
-HYMENOPTERA = Path("/work/shared/data/hymenoptera")
+HYMENOPTERA = SHARED / "data" / "hymenoptera"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -526,7 +527,7 @@ def test_invalid_config_fails_before_writing(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="real photos not available (/work/shared)")
+@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="real photos not available (../shared)")
 def test_real_photos(tmp_path: Path) -> None:
     """Real phone-camera JPEGs (odd sizes, EXIF) go through the same checks."""
     val = [

@@ -19,7 +19,12 @@ pytestmark = [
 ]
 
 
-def test_mobilenet_v2_finetune_reaches_90_percent(tmp_path):
+def _artifact(manifest: dict, path: str) -> dict:
+    return next(a for a in manifest["artifacts"] if a["path"] == path)
+
+
+def test_mobilenet_v2_finetune_reaches_90_percent_and_exports_agree(tmp_path):
+    """The issue's acceptance run, then every artifact checked on the 153 real val photos."""
     cfg = compose_config(
         [
             "dataset=folder",
@@ -28,7 +33,6 @@ def test_mobilenet_v2_finetune_reaches_90_percent(tmp_path):
             "model=mobilenet_v2",
             f"model.pretrained={WEIGHTS}",
             "trainer.max_epochs=3",
-            "export.enabled=false",
         ],
         output_dir=str(tmp_path / "run"),
     )
@@ -37,3 +41,20 @@ def test_mobilenet_v2_finetune_reaches_90_percent(tmp_path):
     assert metrics["pretrained_tensors_loaded"] == 312
     assert metrics["val_images"] == 153 and metrics["classes"] == ["ants", "bees"]
     assert metrics["val_top1"] >= 0.90
+
+    manifest = json.loads((tmp_path / "run" / "export" / "manifest.json").read_text())
+    print(
+        json.dumps(
+            [
+                {k: a.get(k) for k in ("path", "top1_agreement", "val_top1", "size_bytes")}
+                for a in manifest["artifacts"]
+            ]
+        )
+    )
+    assert manifest["errors"] == [] and manifest["classes"] == ["ants", "bees"]
+    for fp32 in ("model_torchscript.pt", "model.onnx"):
+        assert _artifact(manifest, fp32)["top1_agreement"] >= 0.995
+    int8 = _artifact(manifest, "model_int8.onnx")
+    assert int8["val_top1"] >= _artifact(manifest, "model.onnx")["val_top1"] - 0.01
+    assert _artifact(manifest, "ImageClassifier_int8.mlpackage")["weights_ratio_vs_fp16"] <= 0.55
+    assert _artifact(manifest, "ImageClassifier_palettize6.mlpackage")["weights_ratio_vs_fp16"] <= 0.45
