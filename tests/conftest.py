@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -15,6 +16,15 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Scan verdicts go to a per-test cache so tests never see each other's results."""
     monkeypatch.setenv("TRAINER_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two shared cores: torch's default two threads spin against other processes and run far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def class_image(label: int, size: int = 48, seed: int = 0) -> Image.Image:

@@ -7,7 +7,7 @@ about 1.5 minutes on two shared cores.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,12 +37,7 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
 HEAVY = {"resnet50", "inception_v3"}  # convert + spec checks only: no val images, so no verification
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

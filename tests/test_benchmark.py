@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,7 @@ FAST = ["threads=1", "benchmark.runs=5", "benchmark.warmup=1"]
 LATENCY_KEYS = {"latency_ms", "latency_p10_ms", "latency_p90_ms", "fps", "size_bytes", "path"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Two shared cores: more threads only spin against other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def benchmark_config(overrides: list[str]) -> DictConfig:

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import coremltools as ct
@@ -46,13 +45,7 @@ METADATA = {
 HYMENOPTERA = SHARED / "data" / "hymenoptera"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Two shared cores: torch's default two threads spin against other jobs and run ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def draw(label: int, rng: np.random.Generator) -> Image.Image:
