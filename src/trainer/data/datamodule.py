@@ -93,14 +93,11 @@ class ImageDataModule(L.LightningDataModule):
             prefetch_factor=4 if self.num_workers > 0 else None,
         )
 
-    def train_dataset(self) -> ImageListDataset:
-        return ImageListDataset(self.index.train, self.train_tf, self.train_min_side)
-
-    def val_dataset(self) -> ImageListDataset:
-        return ImageListDataset(self.index.val, self.eval_tf, self.eval_min_side)
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), shuffle=True)
+        return self._loader(
+            ImageListDataset(self.index.train, self.train_tf, self.train_min_side), shuffle=True
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset(), shuffle=False)
+        val = ImageListDataset(self.index.val, self.eval_tf, self.eval_min_side)
+        return self._loader(val, shuffle=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
 MANIFEST_NAME = "manifest.json"
@@ -67,6 +70,19 @@ def atomic_output(final: Path) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+@contextmanager
+def record_errors(errors: list[dict[str, str]], key: str, name: str) -> Iterator[None]:
+    """Log an exception from the block and list it in `errors` as {key: name, "error": ...}.
+
+    One failing format or runtime must not cost the others: the caller goes on and reports them all.
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - any converter or runtime failure is recorded, not raised
+        log.error("%s %s failed: %s: %s", key, name, type(exc).__name__, exc, exc_info=True)
+        errors.append({key: name, "error": f"{type(exc).__name__}: {exc}"})
 
 
 def write_text(path: Path, text: str) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -24,7 +24,7 @@ from torch import nn
 
 from trainer.data.images import load_rgb
 from trainer.export.handoff import CARD_NAME, swift_package, write_labels, write_model_card, write_swift
-from trainer.export.manifest import artifact_entry, remove_stale, write_manifest
+from trainer.export.manifest import artifact_entry, record_errors, remove_stale, write_manifest
 from trainer.export.onnx import export_onnx, onnx_predictor, quantize_int8
 from trainer.export.preprocessing import apply_preprocess, describe_preprocess
 from trainer.export.settings import ExportSettings
@@ -94,14 +94,9 @@ class _Run:
     warnings: list[str] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
 
-    @contextmanager
-    def guard(self, what: str) -> Iterator[None]:
+    def guard(self, what: str) -> AbstractContextManager[None]:
         """Record an exception from the block as an error of `what` instead of aborting the export."""
-        try:
-            yield
-        except Exception as exc:  # noqa: BLE001 - any converter failure must leave the other formats
-            log.error("export: %s failed: %s: %s", what, type(exc).__name__, exc, exc_info=True)
-            self.errors.append({"artifact": what, "error": f"{type(exc).__name__}: {exc}"})
+        return record_errors(self.errors, "artifact", what)
 
     def fail(self, what: str, problems: list[str]) -> None:
         for problem in problems:

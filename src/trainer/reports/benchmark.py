@@ -25,8 +25,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from torch import nn
 
 from trainer.cli import CONFIG_DIR, exit_on_user_error
 from trainer.export.checkpoint import load_checkpoint
-from trainer.export.manifest import MANIFEST_NAME, size_bytes
+from trainer.export.manifest import MANIFEST_NAME, record_errors, size_bytes
 from trainer.export.onnx import export_onnx, onnx_predictor, quantize_int8
 from trainer.export.pipeline import ONNX_INT8_NAME, ONNX_NAME, TORCHSCRIPT_NAME
 from trainer.export.predict import load_predictor
@@ -103,14 +103,9 @@ class Outcome:
     skipped: list[dict[str, str]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
 
-    @contextmanager
-    def guard(self, name: str) -> Iterator[None]:
+    def guard(self, name: str) -> AbstractContextManager[None]:
         """A runtime that fails to export, load or run is recorded; the others are still measured."""
-        try:
-            yield
-        except Exception as exc:  # noqa: BLE001 - one broken runtime must not cost the others
-            log.error("benchmark: %s failed: %s: %s", name, type(exc).__name__, exc)
-            self.errors.append({"runtime": name, "error": f"{type(exc).__name__}: {exc}"})
+        return record_errors(self.errors, "runtime", name)
 
 
 def cpu_model() -> str:
