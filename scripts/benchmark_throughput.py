@@ -19,6 +19,7 @@ import time
 import torch
 
 from trainer.cli import compose_config
+from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
 from trainer.models import build_backbone
@@ -58,7 +59,8 @@ def main(overrides: list[str]) -> dict:
         apply_cpu_threads(cfg)
         index = build_index(cfg.dataset)
         backbone = build_backbone(cfg.model, index.num_classes)
-        datamodule = ImageDataModule.from_config(index, backbone.data_config, cfg)
+        data_config = DataConfig.resolve(backbone.data_config, int(cfg.dataset.image_size))
+        datamodule = ImageDataModule.from_config(index, data_config, cfg)
         module = ClassifierModule(backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune)
         steps = max(2, min(30, len(index.train) // datamodule.batch_size - 1))
         result = {

@@ -23,9 +23,10 @@ from conftest import SHARED
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from torch import nn
-from torchvision import transforms as T
 
+from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
+from trainer.data.transforms import eval_transform
 from trainer.export import coreml, export_all
 from trainer.export.handoff import xcode_class_name
 from trainer.export.manifest import atomic_output, sha256, size_bytes
@@ -35,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["red_disc", "green_bar", "blue_ring"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # unequal stds: exercises the Core ML correction
 SIZE = 64
+DATA_CONFIG = DataConfig(
+    size=SIZE, interpolation="bilinear", crop_pct=0.875, crop_mode="center", mean=MEAN, std=STD
+)
 METADATA = {
     "backbone": "mobilenet_v2",
     "alpha": 0.5,
@@ -75,10 +79,6 @@ def make_images(root: Path, per_class: int, seed: int) -> list[tuple[str, int]]:
     return samples
 
 
-def eval_transform() -> T.Compose:
-    return T.Compose([T.Resize(72), T.CenterCrop(SIZE), T.ToTensor(), T.Normalize(MEAN, STD)])
-
-
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -105,7 +105,7 @@ def export_config(**overrides: object) -> OmegaConf:
 def train(model: nn.Module, samples: list[tuple[str, int]], steps: int = 60) -> nn.Module:
     """A few Adam steps, then BatchNorm statistics recomputed on the whole set so eval mode is accurate."""
     torch.manual_seed(0)
-    transform = eval_transform()
+    transform = eval_transform(DATA_CONFIG)
     x = torch.stack([transform(load_rgb(p)) for p, _ in samples])
     y = torch.tensor([label for _, label in samples])
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)
@@ -148,14 +148,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     manifest = export_all(
         model,
         classes=CLASSES,
-        image_size=SIZE,
-        mean=MEAN,
-        std=STD,
+        data_config=DATA_CONFIG,
         out_dir=out_dir,
         cfg=cfg,
         calibration_paths=[p for p, _ in train_samples],
         val_samples=val_samples,
-        preprocess=eval_transform(),
         metadata=METADATA,
         headless=headless,
     )
@@ -194,13 +191,8 @@ def test_manifest_top_level(exported: dict) -> None:
     manifest = exported["manifest"]
     assert manifest["classes"] == CLASSES
     assert (manifest["image_size"], manifest["mean"], manifest["std"]) == (SIZE, list(MEAN), list(STD))
-    assert manifest["preprocess"] == {
-        "resize": 72,
-        "interpolation": "bilinear",
-        "crop": [SIZE, SIZE],
-        "mean": list(MEAN),
-        "std": list(STD),
-    }
+    assert manifest["preprocess"] == DATA_CONFIG.to_dict()
+    assert manifest["preprocess"]["resize"] == 73  # timm: floor(64 / 0.875)
     assert manifest["val_images"] == len(exported["val"]) == 24
     assert manifest["pytorch_val_top1"] >= 0.8, "the trained model should tell the generated classes apart"
     assert manifest["pytorch_latency_ms"] > 0 and manifest["threads"] == 1
@@ -389,14 +381,11 @@ def small_export(tmp_path: Path, cfg: OmegaConf, out_dir: Path | None = None) ->
     return export_all(
         tiny_net(),
         classes=CLASSES,
-        image_size=SIZE,
-        mean=MEAN,
-        std=STD,
+        data_config=DATA_CONFIG,
         out_dir=out_dir or tmp_path / "export",
         cfg=cfg,
         calibration_paths=[p for p, _ in samples],
         val_samples=samples,
-        preprocess=eval_transform(),
         metadata=METADATA,
     )
 
@@ -493,14 +482,11 @@ def test_unreadable_val_image_is_listed_not_fatal(tmp_path: Path) -> None:
     manifest = export_all(
         tiny_net(),
         classes=CLASSES,
-        image_size=SIZE,
-        mean=MEAN,
-        std=STD,
+        data_config=DATA_CONFIG,
         out_dir=tmp_path / "export",
         cfg=export_config(formats=["torchscript"]),
         calibration_paths=[],
         val_samples=[*samples, (str(bogus), 0)],
-        preprocess=eval_transform(),
         metadata={},
     )
     assert manifest["errors"] == [] and manifest["val_images"] == len(samples)
@@ -536,14 +522,11 @@ def test_real_photos(tmp_path: Path) -> None:
     manifest = export_all(
         model,
         classes=["ants", "bees"],
-        image_size=SIZE,
-        mean=MEAN,
-        std=STD,
+        data_config=DATA_CONFIG,
         out_dir=tmp_path / "export",
         cfg=export_config(formats=["onnx"]),
         calibration_paths=train,
         val_samples=val,
-        preprocess=eval_transform(),
         metadata={},
     )
     assert manifest["errors"] == [] and manifest["val_images"] == 16

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_export import CLASSES, MEAN, SIZE, STD, eval_transform, export_config, make_images, tiny_net
+from test_export import CLASSES, DATA_CONFIG, export_config, make_images, tiny_net
 
 from trainer.data.images import load_rgb
+from trainer.data.transforms import eval_transform
 from trainer.export import export_all
 from trainer.export.predict import main
 
@@ -26,14 +27,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     manifest = export_all(
         model,
         classes=CLASSES,
-        image_size=SIZE,
-        mean=MEAN,
-        std=STD,
+        data_config=DATA_CONFIG,
         out_dir=root / "export",
         cfg=export_config(formats=["torchscript", "onnx"], **{"onnx.int8": False}),
         calibration_paths=[],
         val_samples=samples,
-        preprocess=eval_transform(),
         metadata={},
     )
     assert manifest["errors"] == []
@@ -42,7 +40,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def pytorch_probabilities(model: torch.nn.Module, image: Path) -> dict[str, float]:
     with torch.no_grad():
-        probs = torch.softmax(model(eval_transform()(load_rgb(image))[None]), dim=1)[0]
+        probs = torch.softmax(model(eval_transform(DATA_CONFIG)(load_rgb(image))[None]), dim=1)[0]
     return dict(zip(CLASSES, probs.tolist(), strict=True))
 
 

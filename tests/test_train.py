@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from trainer.cli import compose_config
+from trainer.data.data_config import data_config_from_meta
 from trainer.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,17 @@ def test_folder_run_writes_metrics_checkpoints_and_evaluation(tmp_path, tiny_fol
     assert sum(map(sum, per_class["confusion_matrix"])) == 12
     ckpt = torch.load(saved["best_checkpoint"], map_location="cpu", weights_only=True)
     assert ckpt["trainer_meta"]["classes"] == saved["classes"]
+    stored = data_config_from_meta(ckpt["trainer_meta"])  # resolved once at the start of the run
+    assert stored.to_dict() == {
+        "size": 32,
+        "interpolation": "bilinear",
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "resize": 36,
+        "crop_fraction": 32 / 36,
+    }
     assert (run_dir / "csv" / "metrics.csv").exists()
     assert not list(run_dir.rglob("*.tmp*"))
 

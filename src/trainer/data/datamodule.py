@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.index import DatasetIndex, Sample
 from trainer.data.transforms import eval_transform, train_transform
@@ -59,24 +60,24 @@ class ImageDataModule(L.LightningDataModule):
     def __init__(
         self,
         index: DatasetIndex,
-        data_config: dict[str, Any],
+        data_config: DataConfig,
         dataset_cfg: Any,
         augment_cfg: Any,
         model_on_cpu: bool = True,
     ) -> None:
         super().__init__()
         self.index = index
-        self.image_size = int(dataset_cfg.image_size)
+        self.image_size = data_config.size
         self.batch_size = int(dataset_cfg.batch_size)
         self.num_workers = resolve_num_workers(dataset_cfg.num_workers, model_on_cpu)
-        self.train_tf = train_transform(self.image_size, data_config, augment_cfg)
-        self.eval_tf = eval_transform(self.image_size, data_config)
-        # Decoding at 2x the crop keeps RandomResizedCrop sharp; eval needs only the resize target.
+        self.train_tf = train_transform(data_config, augment_cfg)
+        self.eval_tf = eval_transform(data_config)
+        # Decoding at 2x the crop keeps RandomResizedCrop sharp; eval decodes as every other eval path does.
         self.train_min_side = 2 * self.image_size
-        self.eval_min_side = int(self.image_size / data_config["crop_pct"]) + 1
+        self.eval_min_side = data_config.decode_min_side
 
     @classmethod
-    def from_config(cls, index: DatasetIndex, data_config: dict[str, Any], cfg: Any) -> ImageDataModule:
+    def from_config(cls, index: DatasetIndex, data_config: DataConfig, cfg: Any) -> ImageDataModule:
         """Built from the full run config: the dataset, augment and trainer (accelerator) groups."""
         on_cpu = cfg.trainer.get("accelerator", "cpu") == "cpu"
         return cls(index, data_config, cfg.dataset, cfg.augment, model_on_cpu=on_cpu)

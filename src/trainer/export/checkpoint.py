@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from trainer.data.data_config import data_config_from_meta
 from trainer.data.index import DatasetIndex, build_index
-from trainer.data.transforms import eval_transform
 from trainer.export.pipeline import export_all
 from trainer.models import Backbone, build_backbone, headless_copy
 
@@ -50,17 +50,15 @@ def export_trained(
     index: DatasetIndex | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Export `backbone` with everything the run knows: classes, preprocessing, val images, metrics."""
+    """Export `backbone` with everything the run knows: classes, the data config the run resolved (kept in
+    the checkpoint: every input and the app's preprocessing follow it), val images, metrics."""
     config = OmegaConf.create(meta["config"])
     if index is None:  # from a checkpoint: the same dataset config finds the same images
         index = build_index(config.dataset)
-    data_config, image_size = meta["data_config"], int(meta["image_size"])
+    data_config = data_config_from_meta(meta)
     metadata = {
         "backbone": config.model.name,
         "alpha": config.model.get("alpha"),
-        "resolution": image_size,
-        "mean": list(data_config["mean"]),
-        "std": list(data_config["std"]),
         "dataset": index.name,
         "config_hash": (metrics or {}).get("config_hash"),
         **{k: v for k, v in (metrics or {}).items() if k.startswith("val_") and v is not None},
@@ -69,14 +67,11 @@ def export_trained(
     return export_all(
         model,
         classes=list(meta["classes"]),
-        image_size=image_size,
-        mean=data_config["mean"],
-        std=data_config["std"],
+        data_config=data_config,
         out_dir=Path(out_dir),
         cfg=export_cfg,
         calibration_paths=[p for p, _ in index.train],
         val_samples=index.val,
-        preprocess=eval_transform(image_size, data_config),
         metadata=metadata,
         headless=headless_copy(backbone) if export_cfg.get("headless") else None,
     )

@@ -243,7 +243,8 @@ def check_spec(
     """Problems with a saved .mlpackage's interface (empty when it is what apps expect).
 
     Checks the image input (RGB, size), the scale/bias ops the converter inserts, the outputs, the class
-    labels and their order, and the metadata (for a classifier including Xcode's preview type).
+    labels and their order, and the metadata (author, license, version and description non-empty; for a
+    classifier Xcode's preview type).
     """
     spec = ct.models.utils.load_spec(str(package))
     problems = []
@@ -285,8 +286,15 @@ def check_spec(
         problems.append(f"user metadata lacks {missing}")
     if classes is not None and meta.userDefined.get(PREVIEW_KEY) != "imageClassifier":
         problems.append(f"{PREVIEW_KEY} is not 'imageClassifier'")
-    if not meta.versionString or not meta.shortDescription:
-        problems.append("version or short description is empty")
+    fields = {
+        "author": meta.author,
+        "license": meta.license,
+        "version": meta.versionString,
+        "short description": meta.shortDescription,
+    }
+    empty = [name for name, value in fields.items() if not value]
+    if empty:
+        problems.append(f"metadata fields {empty} are empty")
     return problems
 
 

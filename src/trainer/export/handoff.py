@@ -1,4 +1,10 @@
-"""What app developers receive beside the models: labels.txt, a model card (README.md), Classifier.swift."""
+"""What app developers receive beside the models: labels.txt, a model card (README.md), Classifier.swift.
+
+The app must feed the model what was measured. Every figure comes from the run's eval preprocessing (timm's
+resize to floor(size / crop_pct), then center crop); Vision's `.centerCrop` would instead keep the whole
+shorter side. So Classifier.swift sets the request's region of interest to the crop the evaluation kept and
+scales it with `.scaleFill`, on the photo turned upright by its EXIF orientation, as the val images were.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from trainer.data.data_config import DataConfig
+from trainer.export.confidence import accuracy_text
 from trainer.export.manifest import write_text
 
 LABELS_NAME = "labels.txt"
@@ -44,7 +52,7 @@ def _pct(value: float | None) -> str:
 
 def _artifact_rows(manifest: dict[str, Any]) -> list[str]:
     rows = [
-        "| file | format | precision | size | val top-1 | top-1 agreement with PyTorch "
+        "| file | format | precision | size | val top-1 (95% Wilson interval) | top-1 agreement with PyTorch "
         "| latency (CPU, batch 1) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -58,7 +66,8 @@ def _artifact_rows(manifest: dict[str, Any]) -> list[str]:
             )
             top1, agreement = "n/a", quality
         else:
-            top1, agreement = _pct(a.get("val_top1")), _pct(a.get("top1_agreement"))
+            top1 = accuracy_text(a.get("val_top1"), manifest["val_images"])
+            agreement = _pct(a.get("top1_agreement"))
         rows.append(
             f"| `{a['path']}` | {a['format']} | {a['precision']} | {_size(a['size_bytes'])} | {top1} "
             f"| {agreement} | {latency} |"
@@ -66,15 +75,57 @@ def _artifact_rows(manifest: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _preprocessing(prep: DataConfig) -> list[str]:
+    """The measured preprocessing, and how the app reproduces it (the choice, stated for the developer)."""
+    if prep.crop_mode == "squash":
+        region = f"the central {prep.crop_fraction:.4f} of its width and of its height"
+    else:
+        region = f"the central square whose side is {prep.crop_fraction:.4f} of its shorter side"
+    return [
+        "## Preprocessing: the app does what was measured",
+        "",
+        f"Every figure in this card was measured with one preprocessing, resolved from the backbone's data "
+        f"config when training started and stored in the checkpoint: the photo turned upright by its EXIF "
+        f"orientation, then {prep.describe()} (crop_pct {prep.crop_pct}).",
+        "",
+        f"- **Core ML through Vision** (`{SWIFT_NAME}`): the app reproduces that crop rather than the card "
+        "being measured with Vision's `.centerCrop`, which keeps the whole shorter side (crop_pct 1.0) and "
+        "so shows the model more background than it was evaluated on. The request's `regionOfInterest` is "
+        f"{region} of the upright image (what the resize + center crop keeps) and "
+        f"`imageCropAndScaleOption = .scaleFill` scales that region to {prep.size}x{prep.size}. Pass the "
+        "photo's EXIF orientation to Vision (`classify(contentsOf:)` and the UIImage overload do). The "
+        "model applies mean/std itself. Vision's resampling filter is not PIL's "
+        f"{prep.interpolation}: pixels differ slightly, the region and the normalization do not.",
+        "- **ONNX / TorchScript**: apply exactly these steps; `preprocess` in `manifest.json` (and in the "
+        "ONNX files' metadata) holds them as data.",
+        "",
+    ]
+
+
+def _trained(meta: dict[str, Any]) -> list[str]:
+    """The run's metadata, its accuracies with their interval on the run's val images."""
+    lines = []
+    for key, value in meta.items():
+        if key in ("val_top1", "val_top3", "val_top5") and isinstance(value, float):
+            value = accuracy_text(value, meta.get("val_images"))
+        lines.append(f"- {key}: {value}")
+    return lines
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """README.md for app developers, written from the manifest so the two never disagree."""
-    classes, size, prep = manifest["classes"], manifest["image_size"], manifest["preprocess"]
+    classes, size = manifest["classes"], manifest["image_size"]
+    prep = DataConfig.from_dict(manifest["preprocess"])
     meta = manifest.get("metadata", {})
     reasons = sorted({a["reason"] for a in manifest["artifacts"] if a.get("reason")})
     lines = [
         f"# {meta.get('backbone', 'Image')} classifier",
         "",
         manifest["description"],
+        "",
+        f"- Author: {manifest['author']}",
+        f"- License: {manifest['license']}",
+        f"- Version: {manifest['version']}",
         "",
         f"## Classes ({len(classes)})",
         "",
@@ -88,16 +139,14 @@ def model_card(manifest: dict[str, Any]) -> str:
         "normalization is built into the model. Outputs `classLabel` (best class) and `classLabel_probs` "
         "(probability per class).",
         f"- **ONNX / TorchScript**: float32 tensor `image` of shape (N, 3, {size}, {size}), RGB, "
-        f"(pixel / 255 - mean) / std with mean {prep['mean']} and std {prep['std']}. Output `logits` "
+        f"(pixel / 255 - mean) / std with mean {list(prep.mean)} and std {list(prep.std)}. Output `logits` "
         "(N, classes); apply softmax for probabilities.",
-        f"- Evaluation preprocessing: resize {prep['resize']} ({prep['interpolation']}; an int is the "
-        f"shorter side), then center crop {prep['crop']}. Vision's `.centerCrop` option scales the shorter "
-        f"side to {size} and crops the centre, which is close to this.",
         "",
+        *_preprocessing(prep),
         "## Artifacts",
         "",
         f"Measured on {manifest['val_images']} validation images; PyTorch itself scores "
-        f"{_pct(manifest['pytorch_val_top1'])} top-1 on them.",
+        f"{accuracy_text(manifest['pytorch_val_top1'], manifest['val_images'])} top-1 on them.",
         "",
         *_artifact_rows(manifest),
         "",
@@ -116,7 +165,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         "",
         "## How it was trained",
         "",
-        *[f"- {key}: {value}" for key, value in meta.items()],
+        *_trained(meta),
         "",
     ]
     package = swift_package(manifest["artifacts"])
@@ -125,8 +174,9 @@ def model_card(manifest: dict[str, Any]) -> str:
             "## Using it in an app",
             "",
             f"Add `{package}` to your Xcode target and `{SWIFT_NAME}` to your sources, then "
-            "`try Classifier().classify(cgImage)` returns the top classes with confidences. "
-            "Xcode's model preview accepts dragged-in photos.",
+            "`try Classifier().classify(contentsOf: url)` (or `classify(uiImage)`, or "
+            "`classify(cgImage, orientation:)`) returns the top classes with confidences. "
+            "Xcode's model preview accepts dragged-in photos, but crops them its own way.",
             "",
         ]
     return "\n".join(lines)
@@ -137,23 +187,48 @@ def write_model_card(out_dir: Path, manifest: dict[str, Any]) -> str:
     return CARD_NAME
 
 
-def swift_classifier(package: str, image_size: int) -> str:
-    """Classifier.swift: classifies a CGImage with Vision and the Xcode-generated class of `package`."""
+def _region_swift(prep: DataConfig) -> str:
+    """Body of Classifier.evaluatedRegion: the crop of the evaluation, normalized to the upright image."""
+    if prep.crop_mode == "squash":
+        return """        let inset = (1 - cropFraction) / 2  // the same share of each side (squash)
+        return CGRect(x: inset, y: inset, width: cropFraction, height: cropFraction)"""
+    return """        var (w, h) = (Double(width), Double(height))
+        switch orientation {
+        case .left, .leftMirrored, .right, .rightMirrored: swap(&w, &h)  // stored sideways: upright is h x w
+        default: break
+        }
+        let side = min(w, h) * cropFraction  // a centred square of the upright image's shorter side
+        let (rw, rh) = (side / w, side / h)
+        return CGRect(x: (1 - rw) / 2, y: (1 - rh) / 2, width: rw, height: rh)"""
+
+
+def swift_classifier(package: str, prep: DataConfig) -> str:
+    """Classifier.swift: classifies photos with Vision and the Xcode-generated class of `package`, cropping
+    and orienting them as the evaluation did (see the module docstring)."""
     model_class = xcode_class_name(package)
+    size = prep.size
     return f"""// {SWIFT_NAME}: generated by trainer for {package}.
 // Add {package} to your Xcode target: Xcode generates the `{model_class}` class used below.
 import CoreGraphics
 import CoreML
+import Foundation
 import ImageIO
 import Vision
+#if canImport(UIKit)
+import UIKit
+#endif
 
-/// Classifies photos with {model_class} through Vision, which scales and centre-crops each image to the
-/// model's {image_size}x{image_size} input. The model normalizes pixels itself.
+/// Classifies photos with {model_class} through Vision, preprocessed as the model was evaluated: the photo
+/// is turned upright by its EXIF orientation, the region the evaluation kept ({prep.describe()})
+/// is scaled to {size}x{size}, and the model normalizes the pixels itself.
 final class Classifier {{
     struct Prediction {{
         let label: String
         let confidence: Float
     }}
+
+    /// Share of the resized side the evaluation's center crop kept: {size} / {prep.resize_size}.
+    static let cropFraction: Double = {prep.crop_fraction!r}
 
     private let model: VNCoreMLModel
 
@@ -162,12 +237,29 @@ final class Classifier {{
         model = try VNCoreMLModel(for: coreMLModel)
     }}
 
-    /// The `topK` most likely classes, best first. Runs synchronously: call it off the main thread.
+    /// Classifies the photo file at `url` (JPEG, HEIC, PNG...) with the orientation stored in its EXIF data.
+    func classify(contentsOf url: URL, topK: Int = 3) throws -> [Prediction] {{
+        guard let source = CGImageSourceCreateWithURL(url as CFURL, nil),
+              let image = CGImageSourceCreateImageAtIndex(source, 0, nil)
+        else {{
+            throw CocoaError(.fileReadCorruptFile, userInfo: [NSURLErrorKey: url])
+        }}
+        let properties = CGImageSourceCopyPropertiesAtIndex(source, 0, nil) as? [CFString: Any]
+        let exif = (properties?[kCGImagePropertyOrientation] as? NSNumber)?.uint32Value
+        let orientation = exif.flatMap {{ CGImagePropertyOrientation(rawValue: $0) }} ?? .up
+        return try classify(image, orientation: orientation, topK: topK)
+    }}
+
+    /// The `topK` most likely classes, best first. `orientation` is the photo's EXIF orientation: Vision
+    /// turns the image upright with it before cropping. Runs synchronously: call it off the main thread.
     func classify(
-        _ image: CGImage, orientation: CGImagePropertyOrientation = .up, topK: Int = 3
+        _ image: CGImage, orientation: CGImagePropertyOrientation, topK: Int = 3
     ) throws -> [Prediction] {{
         let request = VNCoreMLRequest(model: model)
-        request.imageCropAndScaleOption = .centerCrop
+        request.regionOfInterest = Classifier.evaluatedRegion(
+            width: image.width, height: image.height, orientation: orientation
+        )
+        request.imageCropAndScaleOption = .scaleFill  // the region is already the evaluated crop
         let handler = VNImageRequestHandler(cgImage: image, orientation: orientation, options: [:])
         try handler.perform([request])
         let observations = (request.results as? [VNClassificationObservation]) ?? []
@@ -176,10 +268,47 @@ final class Classifier {{
             .prefix(topK)
             .map {{ Prediction(label: $0.identifier, confidence: $0.confidence) }}
     }}
+
+    /// The region the evaluation's resize + center crop keeps, normalized to the upright image (Vision's
+    /// regionOfInterest; centred, so its lower-left origin convention does not matter).
+    static func evaluatedRegion(
+        width: Int, height: Int, orientation: CGImagePropertyOrientation
+    ) -> CGRect {{
+{_region_swift(prep)}
+    }}
 }}
+
+#if canImport(UIKit)
+extension Classifier {{
+    /// Classifies a UIImage (camera, photo picker) with its `imageOrientation`.
+    func classify(_ image: UIImage, topK: Int = 3) throws -> [Prediction] {{
+        guard let cgImage = image.cgImage else {{
+            throw CocoaError(.featureUnsupported)  // a CIImage-backed UIImage: render it to a CGImage first
+        }}
+        let orientation = CGImagePropertyOrientation(image.imageOrientation)
+        return try classify(cgImage, orientation: orientation, topK: topK)
+    }}
+}}
+
+extension CGImagePropertyOrientation {{
+    init(_ orientation: UIImage.Orientation) {{
+        switch orientation {{
+        case .up: self = .up
+        case .upMirrored: self = .upMirrored
+        case .down: self = .down
+        case .downMirrored: self = .downMirrored
+        case .left: self = .left
+        case .leftMirrored: self = .leftMirrored
+        case .right: self = .right
+        case .rightMirrored: self = .rightMirrored
+        @unknown default: self = .up
+        }}
+    }}
+}}
+#endif
 """
 
 
-def write_swift(out_dir: Path, package: str, image_size: int) -> str:
-    write_text(out_dir / SWIFT_NAME, swift_classifier(package, image_size))
+def write_swift(out_dir: Path, package: str, prep: DataConfig) -> str:
+    write_text(out_dir / SWIFT_NAME, swift_classifier(package, prep))
     return SWIFT_NAME

@@ -1,12 +1,15 @@
 """ONNX export (fp32, dynamic batch) and static int8 QDQ quantization, plus an ONNX Runtime predictor.
 
 Input `image`: normalized float32 (N, 3, S, S); output `logits` (or `embedding` for the feature extractor).
+Each file carries its labels and preprocessing in `metadata_props`, where Android apps read them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,9 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
+from trainer.data.data_config import DataConfig
 from trainer.export.manifest import TMP_PREFIX, atomic_output
+from trainer.export.settings import ExportSettings
 from trainer.export.verify import Predict
 
 log = logging.getLogger(__name__)
@@ -64,8 +69,45 @@ def _check(path: Path, output_name: str) -> int:
     return next(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def onnx_metadata(
+    classes: list[str] | None, data_config: DataConfig, settings: ExportSettings
+) -> dict[str, str]:
+    """metadata_props for an ONNX file: labels (classifiers), input size, mean/std, preprocessing, author."""
+    props = {
+        "image_size": str(data_config.size),
+        "mean": json.dumps(list(data_config.mean)),
+        "std": json.dumps(list(data_config.std)),
+        "preprocess": json.dumps(data_config.to_dict()),
+        "input": f"float32 '{INPUT_NAME}' (N, 3, {data_config.size}, {data_config.size}), RGB: "
+        f"{data_config.describe()}",
+        "author": settings.author,
+        "license": settings.license,
+        "version": settings.version,
+        "description": settings.description,
+    }
+    if classes is not None:
+        props["labels"] = json.dumps(list(classes), ensure_ascii=False)
+    return props
+
+
+def _embed_metadata(path: Path, metadata: Mapping[str, str] | None) -> None:
+    """Set `metadata` as the file's metadata_props (replacing any the exporter or quantizer left)."""
+    if metadata is None:
+        return
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, dict(metadata))
+    onnx.save(model, str(path))
+
+
 def export_onnx(
-    model: nn.Module, example: torch.Tensor, path: Path, *, opset: int | None, output_name: str = "logits"
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    *,
+    opset: int | None,
+    metadata: Mapping[str, str] | None = None,
+    output_name: str = "logits",
 ) -> dict[str, Any]:
     """Write `model` as checked ONNX at `path`; returns the exporter used and the opset for the manifest.
 
@@ -84,6 +126,7 @@ def export_onnx(
             info = {"exporter": "torchscript", "fallback_reason": f"{type(exc).__name__}: {exc}"[:500]}
             tmp.unlink(missing_ok=True)
             _export(model, example, tmp, output_name, opset, dynamo=False)
+        _embed_metadata(tmp, metadata)
         info["opset"] = _check(tmp, output_name)
     return info
 
@@ -99,7 +142,9 @@ class _ArrayReader(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def quantize_int8(fp32_path: Path, path: Path, calibration: np.ndarray) -> None:
+def quantize_int8(
+    fp32_path: Path, path: Path, calibration: np.ndarray, *, metadata: Mapping[str, str] | None = None
+) -> None:
     """Static int8 QDQ copy of an fp32 ONNX model, calibrated (min/max) on `calibration` images.
 
     Per-channel int8 weights, uint8 activations: ONNX Runtime's CPU recipe. Weights use 7 bits of range
@@ -123,6 +168,7 @@ def quantize_int8(fp32_path: Path, path: Path, calibration: np.ndarray) -> None:
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
             )
+            _embed_metadata(tmp, metadata)
             onnx.checker.check_model(str(tmp))
 
 

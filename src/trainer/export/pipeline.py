@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
@@ -19,14 +19,12 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 from torch import nn
 
-from trainer.data.images import load_rgb
+from trainer.data.data_config import DataConfig
 from trainer.export.handoff import CARD_NAME, swift_package, write_labels, write_model_card, write_swift
 from trainer.export.manifest import artifact_entry, record_errors, remove_stale, write_manifest
-from trainer.export.onnx import export_onnx, onnx_predictor, quantize_int8
-from trainer.export.preprocessing import apply_preprocess, describe_preprocess
+from trainer.export.onnx import export_onnx, onnx_metadata, onnx_predictor, quantize_int8
 from trainer.export.settings import ExportSettings
 from trainer.export.torchscript import (
     export_lite,
@@ -57,7 +55,6 @@ HEADLESS_ONNX_NAME = "feature_extractor.onnx"
 COREML_STEM = "ImageClassifier"
 HEADLESS_COREML_STEM = "FeatureExtractor"
 MAX_INT8_TOP1_DROP = 1.0  # points of val top-1 ONNX int8 may lose against fp32 before the manifest warns
-PREPROCESS_TOLERANCE = 1e-4
 
 T = TypeVar("T")
 
@@ -89,6 +86,8 @@ class _Run:
     inputs: np.ndarray
     labels: np.ndarray
     threads: int
+    classes: list[str]
+    data_config: DataConfig
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -142,22 +141,20 @@ def export_all(
     model: nn.Module,
     *,
     classes: list[str],
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    data_config: DataConfig,
     out_dir: Path,
     cfg: DictConfig | dict,
     calibration_paths: list[str],
     val_samples: list[tuple[str, int]],
-    preprocess: Callable[[Image.Image], torch.Tensor],
     metadata: dict,
     headless: nn.Module | None = None,
 ) -> dict:
     """Export `model` in every configured format to `out_dir`, verify each, and write manifest.json.
 
-    `model` maps normalized (N, 3, S, S) float input to (N, len(classes)) logits; `preprocess` is the eval
-    transform; `calibration_paths` are training images for int8 calibration; `metadata` (backbone, dataset,
-    val metrics, config hash, ...) goes into the Core ML models, the manifest and the model card.
+    `model` maps normalized (N, 3, S, S) float input to (N, len(classes)) logits; `data_config` is the run's
+    eval preprocessing, which every input here and the app's preprocessing follow; `calibration_paths` are
+    training images for int8 calibration; `metadata` (backbone, dataset, val metrics, config hash, ...) goes
+    into the Core ML models, the manifest and the model card.
     Returns the manifest. Failed formats are listed in its `errors` (never raised): exit non-zero on them.
     Raises ValueError for an invalid `cfg` before anything is written.
     """
@@ -170,26 +167,26 @@ def export_all(
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale(out_dir)
     model = copy.deepcopy(model).cpu().eval()
+    image_size, mean, std = data_config.size, data_config.mean, data_config.std
 
     samples = _spread(val_samples, settings.max_images)
-    inputs, kept, unreadable = load_inputs([path for path, _ in samples], preprocess, image_size)
+    inputs, kept, unreadable = load_inputs([path for path, _ in samples], data_config)
     run = _Run(
         out_dir=out_dir,
         settings=settings,
         inputs=inputs,
         labels=np.asarray([samples[i][1] for i in kept], dtype=np.int64),
         threads=torch.get_num_threads(),
+        classes=list(classes),
+        data_config=data_config,
     )
-    prep = describe_preprocess(preprocess, image_size, mean, std)
-    if len(inputs):
-        _check_preprocess_replay(run, prep, samples[kept[0]][0])
-    else:
+    if not len(inputs):
         run.warnings.append("no readable val images: the artifacts were exported but not verified")
     needs_calibration = ("onnx" in settings.formats and settings.onnx_int8) or (
         "coreml" in settings.formats and "w8a8" in settings.coreml_quantize
     )
     calibration = (
-        load_inputs(_spread(calibration_paths, settings.calibration_images), preprocess, image_size)[0]
+        load_inputs(_spread(calibration_paths, settings.calibration_images), data_config)[0]
         if needs_calibration
         else inputs[:0]
     )
@@ -197,7 +194,13 @@ def export_all(
     predict = torch_predictor(model)
     reference = run_batches(predict, inputs)
     example = torch.from_numpy(inputs[:1]) if len(inputs) else torch.randn(1, 3, image_size, image_size)
-    user_metadata = {"resolution": image_size, "mean": list(mean), "std": list(std), **metadata}
+    user_metadata = {
+        "resolution": image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "preprocess": data_config.to_dict(),
+        **metadata,
+    }
 
     if "torchscript" in settings.formats:
         _torchscript(run, model, example, reference)
@@ -213,8 +216,11 @@ def export_all(
         "image_size": image_size,
         "mean": list(mean),
         "std": list(std),
-        "preprocess": prep,
+        "preprocess": data_config.to_dict(),
         "description": settings.description,
+        "author": settings.author,
+        "license": settings.license,
+        "version": settings.version,
         "metadata": metadata,
         "val_images": len(inputs),
         "unreadable_images": unreadable,
@@ -236,7 +242,7 @@ def export_all(
         manifest["handoff"].append(write_labels(out_dir, classes))
         package = swift_package(run.artifacts)
         if package:
-            manifest["handoff"].append(write_swift(out_dir, package, image_size))
+            manifest["handoff"].append(write_swift(out_dir, package, data_config))
         else:
             run.skip("Classifier.swift", "no Core ML classifier was exported")
         manifest["handoff"].append(CARD_NAME)
@@ -252,24 +258,6 @@ def _version(package: str) -> str | None:
         return importlib_metadata.version(package)
     except importlib_metadata.PackageNotFoundError:
         return None
-
-
-def _check_preprocess_replay(run: _Run, prep: dict[str, Any], image_path: str) -> None:
-    """Warn when trainer-predict's replay of the eval transform (from the manifest) would differ from it."""
-    try:
-        replay = apply_preprocess(load_rgb(image_path), prep)
-        same = (
-            replay.shape == run.inputs[0].shape
-            and np.abs(replay - run.inputs[0]).max() <= PREPROCESS_TOLERANCE
-        )
-    except (OSError, ValueError, TypeError, RuntimeError) as exc:
-        log.warning("replaying the eval transform failed: %s", exc)
-        same = False
-    if not same:
-        run.warnings.append(
-            f"the eval transform is not a plain resize {prep['resize']} / center crop {prep['crop']} / "
-            f"normalize: trainer-predict's preprocessing differs from it on {image_path}"
-        )
 
 
 def _torchscript(run: _Run, model: nn.Module, example: torch.Tensor, reference: np.ndarray) -> None:
@@ -295,9 +283,10 @@ def _onnx(
     run: _Run, model: nn.Module, example: torch.Tensor, reference: np.ndarray, calibration: np.ndarray
 ) -> None:
     path = run.out_dir / ONNX_NAME
+    metadata = onnx_metadata(run.classes, run.data_config, run.settings)
     fp32_outputs = None
     with run.guard("onnx_fp32"):
-        info = export_onnx(model, example, path, opset=run.settings.onnx_opset)
+        info = export_onnx(model, example, path, opset=run.settings.onnx_opset, metadata=metadata)
         entry = run.add(path, format="onnx", precision="fp32", **info)
         fp32_outputs = run.verify(entry, onnx_predictor(path, run.threads), reference, fp32=True)
     if not run.settings.onnx_int8:
@@ -307,7 +296,7 @@ def _onnx(
         return
     with run.guard("onnx_int8"):
         int8_path = run.out_dir / ONNX_INT8_NAME
-        quantize_int8(path, int8_path, calibration)
+        quantize_int8(path, int8_path, calibration, metadata=metadata)
         recipe = "static QDQ: per-channel int8 weights (7-bit range), uint8 activations, min/max calibration"
         entry = run.add(
             int8_path,
@@ -415,7 +404,12 @@ def _headless(
         with run.guard("headless_onnx_fp32"):
             path = run.out_dir / HEADLESS_ONNX_NAME
             info = export_onnx(
-                extractor, example, path, opset=run.settings.onnx_opset, output_name="embedding"
+                extractor,
+                example,
+                path,
+                opset=run.settings.onnx_opset,
+                output_name="embedding",
+                metadata=onnx_metadata(None, run.data_config, run.settings),
             )
             entry = run.add(path, format="onnx", precision="fp32", kind="embedding", **info)
             run.verify(entry, onnx_predictor(path, run.threads), reference, classifier=False, fp32=True)

@@ -1,7 +1,9 @@
 """trainer-predict: top-k classes for photos with an exported model (ONNX, TorchScript; Core ML on macOS).
 
-Preprocessing (resize, crop, mean/std) and the class names come from the manifest.json beside the artifact, so
-the command needs nothing but the export folder. Problems with the inputs end in one line on stderr, exit 2.
+Preprocessing (the run's data config: resize, crop, mean/std) and the class names come from the manifest.json
+beside the artifact, so the command needs nothing but the export folder, and images are decoded and
+transformed exactly as validation and the export's verification did. Problems with the inputs end in one
+line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.data.images import check_image, load_rgb
+from trainer.data.data_config import DataConfig
+from trainer.data.images import check_image
 from trainer.export.manifest import MANIFEST_NAME
-from trainer.export.preprocessing import apply_preprocess
-from trainer.export.verify import Predict, softmax, torch_predictor
+from trainer.export.verify import Predict, load_inputs, softmax, torch_predictor
 
 EXIT_USAGE = 2
 
@@ -40,15 +42,30 @@ def read_manifest(artifact: Path) -> dict[str, Any]:
         raise PredictError(f"no {MANIFEST_NAME} beside {artifact} (looked for {path})")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        classes, _ = manifest["classes"], manifest["preprocess"]
+        classes, prep = manifest["classes"], manifest["preprocess"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PredictError(f"cannot read {path}: {_first_line(exc)}") from exc
+    if not isinstance(prep, dict) or "crop_pct" not in prep:
+        raise PredictError(f"{path} predates data configs in the manifest: export the checkpoint again")
     entry = next((a for a in manifest.get("artifacts", []) if a.get("path") == artifact.name), {})
     if entry.get("kind") == "embedding":
         raise PredictError(f"{artifact} is a feature extractor: it outputs embeddings, not classes")
     if not classes:
         raise PredictError(f"{path} lists no classes")
     return manifest
+
+
+def data_config(manifest: dict[str, Any]) -> DataConfig:
+    """The run's eval preprocessing, as the export recorded it."""
+    return DataConfig.from_dict(manifest["preprocess"])
+
+
+def preprocess_images(images: Sequence[Path], manifest: dict[str, Any]) -> np.ndarray:
+    """(N, 3, S, S) inputs for `images`, read as the export's verification read the val images."""
+    batch, _, unreadable = load_inputs([str(image) for image in images], data_config(manifest))
+    if unreadable:
+        raise PredictError(f"cannot read image {unreadable[0]}")
+    return batch
 
 
 def load_predictor(artifact: Path, manifest: dict[str, Any]) -> tuple[Predict, bool]:
@@ -72,10 +89,8 @@ def load_predictor(artifact: Path, manifest: dict[str, Any]) -> tuple[Predict, b
                 raise PredictError(f"{artifact}: Core ML models run only on macOS; use the .onnx or .pt here")
             from trainer.export.coreml import coreml_predictor
 
-            prep = manifest["preprocess"]
-            return coreml_predictor(
-                artifact, classes=manifest["classes"], mean=prep["mean"], std=prep["std"]
-            ), True
+            prep = data_config(manifest)
+            return coreml_predictor(artifact, classes=manifest["classes"], mean=prep.mean, std=prep.std), True
     except PredictError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure means the artifact is unusable
@@ -97,7 +112,7 @@ def predict_images(
         if reason:
             raise PredictError(f"cannot read image {image}: {reason}")
     predict, gives_probabilities = load_predictor(artifact, manifest)
-    batch = np.stack([apply_preprocess(load_rgb(image), manifest["preprocess"]) for image in images])
+    batch = preprocess_images(images, manifest)
     try:
         scores = np.asarray(predict(batch), dtype=np.float32).reshape(len(images), -1)
     except Exception as exc:  # noqa: BLE001 - a model that loads but cannot run these inputs is a bad artifact

@@ -1,21 +1,57 @@
 """The `export` config node as a typed, validated object.
 
 Checked before anything is written, so that a typo in a variant name fails in a second rather than after the
-ONNX and TorchScript exports have spent minutes.
+ONNX and TorchScript exports have spent minutes. Author, license and version are never empty in what app
+developers receive: unset, they default to the git (or OS) user, LICENSE_UNSET and trainer's own version.
 """
 
 from __future__ import annotations
 
+import getpass
 import re
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+import trainer
+
 FORMATS = ("torchscript", "onnx", "coreml")
 PALETTE_BITS = (1, 2, 3, 4, 6, 8)
 _PALETTIZE = re.compile(r"palettize(\d+)")
+LICENSE_UNSET = "unspecified (set export.license)"
+
+
+def default_author() -> str:
+    """`git config user.name`, else the OS login name, else 'unknown'."""
+    try:
+        done = subprocess.run(["git", "config", "user.name"], capture_output=True, text=True, timeout=10)
+        name = done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        name = ""
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment or the password database
+        return "unknown"
+
+
+def default_version() -> str:
+    """The installed trainer package's version (the source tree's when it is not installed)."""
+    try:
+        return metadata.version("trainer")
+    except metadata.PackageNotFoundError:
+        return trainer.__version__
+
+
+def _or_default(value: Any, default: Any) -> str:
+    """`value` as a string, or default() when it is null or blank."""
+    text = "" if value is None else str(value).strip()
+    return text or default()
 
 
 def palette_bits(variant: str) -> int | None:
@@ -67,9 +103,9 @@ class ExportSettings:
             max_images=get("verify.max_images"),
             latency_runs=int(get("latency.runs")),
             latency_warmup=int(get("latency.warmup")),
-            author=str(get("author")),
-            license=str(get("license")),
-            version=str(get("version")),
+            author=_or_default(get("author"), default_author),
+            license=_or_default(get("license"), lambda: LICENSE_UNSET),
+            version=_or_default(get("version"), default_version),
             description=str(get("description")),
         )
         settings.validate()

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
+from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
+from trainer.data.transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +28,25 @@ MIN_TOP1_AGREEMENT = 0.995  # fp32 artifacts must pick PyTorch's top-1 class on 
 FP32_RELATIVE_TOLERANCE = 1e-3  # ... and stay within this fraction of the largest |output| (at least 1)
 
 
-def load_inputs(
-    paths: Sequence[str], preprocess: Callable[[Image.Image], torch.Tensor], image_size: int
-) -> tuple[np.ndarray, list[int], list[str]]:
-    """Preprocess images into one (N, 3, S, S) float32 array.
+def load_inputs(paths: Sequence[str], data_config: DataConfig) -> tuple[np.ndarray, list[int], list[str]]:
+    """Preprocess images into one (N, 3, S, S) float32 array, decoded and transformed as validation does.
 
     Returns the array, the indices of the paths that made it in, and one 'path: reason' line for each
     unreadable image (skipped rather than fatal: one bad val file must not cost the whole export).
     """
+    preprocess = eval_transform(data_config)
     arrays, kept, unreadable = [], [], []
     for index, path in enumerate(paths):
         try:
-            arrays.append(np.asarray(preprocess(load_rgb(path)), dtype=np.float32))
+            image = load_rgb(path, data_config.decode_min_side)
+            arrays.append(np.asarray(preprocess(image), dtype=np.float32))
         except (OSError, ValueError, SyntaxError) as exc:
             log.warning("skipping unreadable image %s: %s", path, exc)
             unreadable.append(f"{path}: {exc}")
             continue
         kept.append(index)
-    batch = np.stack(arrays) if arrays else np.zeros((0, 3, image_size, image_size), np.float32)
+    size = data_config.size
+    batch = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.float32)
     return batch, kept, unreadable
 
 

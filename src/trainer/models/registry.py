@@ -34,7 +34,7 @@ class Backbone:
 
     model: nn.Module
     head_name: str  # dotted module path of the classifier layer (trained first when freezing)
-    data_config: dict[str, Any]  # timm-style preprocessing: mean, std, crop_pct, interpolation
+    data_config: dict[str, Any]  # its pretrained config: mean, std, crop_pct, interpolation, crop_mode
     loaded_tensors: int  # backbone tensors copied from pretrained weights (0 = from scratch)
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -185,17 +185,19 @@ _FAMILIES = {"torchvision": _build_torchvision, "timm": _build_timm, "mobilenet_
 
 
 def _data_config(model: nn.Module, cfg: Any) -> dict[str, Any]:
-    """Preprocessing for the backbone: timm's own pretrained config, torchvision's ImageNet defaults."""
+    """The backbone's own preprocessing (DataConfig.resolve adds the run's size): timm's pretrained config,
+    torchvision's ImageNet defaults."""
     if cfg.impl == "torchvision":
         base = {
             "mean": (0.485, 0.456, 0.406),
             "std": (0.229, 0.224, 0.225),
             "crop_pct": 0.875,
             "interpolation": "bilinear",
+            "crop_mode": "center",
         }
     else:
         resolved = timm.data.resolve_data_config({}, model=model)
-        base = {k: resolved[k] for k in ("mean", "std", "crop_pct", "interpolation")}
+        base = {k: resolved[k] for k in ("mean", "std", "crop_pct", "interpolation", "crop_mode")}
     return {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in base.items()}
 
 

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
 from trainer.data.scan import drop_bad_images
@@ -98,12 +99,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         len(index.val),
     )
     backbone = build_backbone(cfg.model, index.num_classes)
-    image_size = int(cfg.dataset.image_size)
-    datamodule = ImageDataModule.from_config(index, backbone.data_config, cfg)
+    data_config = DataConfig.resolve(backbone.data_config, int(cfg.dataset.image_size))
+    image_size = data_config.size
+    log.info("Eval preprocessing: %s", data_config.describe())
+    datamodule = ImageDataModule.from_config(index, data_config, cfg)
     meta = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "classes": index.classes,
-        "data_config": backbone.data_config,
+        "data_config": data_config.to_dict(),
         "image_size": image_size,
     }
     module = ClassifierModule(backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, meta)
