@@ -116,12 +116,12 @@ class DataConfig:
     def describe(self) -> str:
         """One sentence for the model card and ONNX metadata readers."""
         if self.crop_mode == "squash":
-            resize = f"resize both sides to {self.resize_size} px"
+            resize = f"resize both sides to {self.resize_size} px ({self.interpolation})"
         else:
-            resize = f"resize the shorter side to {self.resize_size} px (aspect ratio kept)"
+            resize = f"resize the shorter side to {self.resize_size} px ({self.interpolation}, same aspect)"
         return (
-            f"{resize} ({self.interpolation}), center crop {self.size}x{self.size}, then "
-            f"(pixel / 255 - mean) / std with mean {list(self.mean)} and std {list(self.std)}"
+            f"{resize}, center crop {self.size}x{self.size}, then (pixel / 255 - mean) / std with mean "
+            f"{list(self.mean)} and std {list(self.std)}"
         )
 
 

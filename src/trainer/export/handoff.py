@@ -78,24 +78,24 @@ def _artifact_rows(manifest: dict[str, Any]) -> list[str]:
 def _preprocessing(prep: DataConfig) -> list[str]:
     """The measured preprocessing, and how the app reproduces it (the choice, stated for the developer)."""
     if prep.crop_mode == "squash":
-        region = f"the central {prep.crop_fraction:.4f} of its width and of its height"
+        region = f"the centred {prep.crop_fraction:.4f} of the upright image's width and height"
     else:
-        region = f"the central square whose side is {prep.crop_fraction:.4f} of its shorter side"
+        region = f"the centred square of side {prep.crop_fraction:.4f} x the upright image's shorter side"
     return [
         "## Preprocessing: the app does what was measured",
         "",
-        f"Every figure in this card was measured with one preprocessing, resolved from the backbone's data "
-        f"config when training started and stored in the checkpoint: the photo turned upright by its EXIF "
+        "Every figure in this card was measured with one preprocessing, resolved from the backbone's data "
+        "config when training started and stored in the checkpoint: the photo turned upright by its EXIF "
         f"orientation, then {prep.describe()} (crop_pct {prep.crop_pct}).",
         "",
-        f"- **Core ML through Vision** (`{SWIFT_NAME}`): the app reproduces that crop rather than the card "
-        "being measured with Vision's `.centerCrop`, which keeps the whole shorter side (crop_pct 1.0) and "
-        "so shows the model more background than it was evaluated on. The request's `regionOfInterest` is "
-        f"{region} of the upright image (what the resize + center crop keeps) and "
-        f"`imageCropAndScaleOption = .scaleFill` scales that region to {prep.size}x{prep.size}. Pass the "
-        "photo's EXIF orientation to Vision (`classify(contentsOf:)` and the UIImage overload do). The "
-        "model applies mean/std itself. Vision's resampling filter is not PIL's "
-        f"{prep.interpolation}: pixels differ slightly, the region and the normalization do not.",
+        f"- **Core ML through Vision** (`{SWIFT_NAME}`): the app reproduces this crop. (The alternative, "
+        "measuring with Vision's `.centerCrop`, would keep the whole shorter side, i.e. crop_pct 1.0, and "
+        "show the backbone more background than it was trained and evaluated with.) The request's "
+        f"`regionOfInterest` is {region}, the region the resize + center crop keeps, and "
+        f"`imageCropAndScaleOption = .scaleFill` scales it to {prep.size}x{prep.size}. Pass the photo's EXIF "
+        "orientation to Vision (`classify(contentsOf:)` and the UIImage overload do). The model applies "
+        f"mean/std itself. Vision's resampling filter is not PIL's {prep.interpolation}: pixels differ "
+        "slightly, the region and the normalization do not.",
         "- **ONNX / TorchScript**: apply exactly these steps; `preprocess` in `manifest.json` (and in the "
         "ONNX files' metadata) holds them as data.",
         "",
@@ -218,9 +218,10 @@ import Vision
 import UIKit
 #endif
 
-/// Classifies photos with {model_class} through Vision, preprocessed as the model was evaluated: the photo
-/// is turned upright by its EXIF orientation, the region the evaluation kept ({prep.describe()})
-/// is scaled to {size}x{size}, and the model normalizes the pixels itself.
+/// Classifies photos with {model_class} through Vision, preprocessed as the model was evaluated: turned
+/// upright by their EXIF orientation, cropped to the region the evaluation kept and scaled to {size}x{size};
+/// the model normalizes the pixels itself. The evaluation's preprocessing:
+/// {prep.describe()}.
 final class Classifier {{
     struct Prediction {{
         let label: String
