@@ -16,8 +16,8 @@ import torch
 import torchvision
 from test_export import CLASSES, MEAN, STD, export_config, make_images
 from torch import nn
-from torchvision import transforms as T
 
+from trainer.data.data_config import DataConfig
 from trainer.export import export_all
 
 tvm = torchvision.models
@@ -54,14 +54,13 @@ def test_backbone_exports_everywhere(name: str, images: list[tuple[str, int]], t
     manifest = export_all(
         model,
         classes=CLASSES,
-        image_size=size,
-        mean=MEAN,
-        std=STD,
+        data_config=DataConfig(
+            size=size, interpolation="bilinear", crop_pct=1.0, crop_mode="center", mean=MEAN, std=STD
+        ),
         out_dir=tmp_path / "export",
         cfg=cfg,
         calibration_paths=[],
         val_samples=[] if name in HEAVY else images,
-        preprocess=T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)]),
         metadata={"backbone": name},
     )
     assert manifest["errors"] == []

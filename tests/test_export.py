@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["red_disc", "green_bar", "blue_ring"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # unequal stds: exercises the Core ML correction
 SIZE = 64
-DATA_CONFIG = DataConfig(
-    size=SIZE, interpolation="bilinear", crop_pct=0.875, crop_mode="center", mean=MEAN, std=STD
+DATA_CONFIG = DataConfig(  # resize the shorter side to 72, center crop 64
+    size=SIZE, interpolation="bilinear", crop_pct=SIZE / 72, crop_mode="center", mean=MEAN, std=STD
 )
 METADATA = {
     "backbone": "mobilenet_v2",
@@ -192,7 +192,7 @@ def test_manifest_top_level(exported: dict) -> None:
     assert manifest["classes"] == CLASSES
     assert (manifest["image_size"], manifest["mean"], manifest["std"]) == (SIZE, list(MEAN), list(STD))
     assert manifest["preprocess"] == DATA_CONFIG.to_dict()
-    assert manifest["preprocess"]["resize"] == 73  # timm: floor(64 / 0.875)
+    assert manifest["preprocess"]["resize"] == 72
     assert manifest["val_images"] == len(exported["val"]) == 24
     assert manifest["pytorch_val_top1"] >= 0.8, "the trained model should tell the generated classes apart"
     assert manifest["pytorch_latency_ms"] > 0 and manifest["threads"] == 1
