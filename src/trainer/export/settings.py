@@ -10,7 +10,7 @@ from __future__ import annotations
 import getpass
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -48,7 +48,7 @@ def default_version() -> str:
         return trainer.__version__
 
 
-def _or_default(value: Any, default: Any) -> str:
+def _or_default(value: Any, default: Callable[[], str]) -> str:
     """`value` as a string, or default() when it is null or blank."""
     text = "" if value is None else str(value).strip()
     return text or default()
