@@ -47,9 +47,11 @@ def train(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export_checkpoint")
 def export(cfg: DictConfig) -> None:
     """Export a checkpoint without retraining; exits 1 if any format failed (the others are kept)."""
+    from trainer.checks import check_export
     from trainer.export.checkpoint import export_trained, load_checkpoint
 
     def job(cfg: DictConfig) -> dict:
+        check_export(cfg.export)
         backbone, meta = load_checkpoint(cfg.ckpt)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt).resolve().parents[1] / "export"
         manifest = export_trained(backbone, meta, cfg.export, out_dir)

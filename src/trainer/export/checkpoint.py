@@ -17,21 +17,73 @@ from trainer.models import Backbone, build_backbone, headless_copy
 log = logging.getLogger(__name__)
 
 
+META_KEYS = ("config", "classes", "data_config", "image_size")
+
+
 class CheckpointError(ValueError):
     """The checkpoint is missing, unreadable, or was not written by trainer."""
 
 
-def load_checkpoint(path: str | Path) -> tuple[Backbone, dict[str, Any]]:
-    """Rebuild the trained model from `path` (a best.ckpt/last.ckpt) and return it with the run's metadata."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict[str, Any]:
+    """Read a checkpoint written by trainer, never executing pickle code.
+
+    `weights_only=True` is passed explicitly, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off; a file
+    that is missing, truncated, not a checkpoint or carries code ends in one CheckpointError line.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(
+            f"{setting}={path}: no such file; give a run's checkpoints/last.ckpt or best.ckpt"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
-    if "trainer_meta" not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} was not written by trainer (no trainer_meta)")
+        raise CheckpointError(
+            f"{setting}={path} is not a readable checkpoint, or holds code, which is never run "
+            f"({_first_line(exc)})"
+        ) from None
+    meta = ckpt.get("trainer_meta") if isinstance(ckpt, dict) else None
+    complete = (
+        isinstance(meta, dict)
+        and isinstance(ckpt.get("state_dict"), dict)
+        and isinstance(meta.get("config"), dict)
+        and isinstance(meta["config"].get("model"), dict)
+        and all(key in meta for key in META_KEYS)
+    )
+    if not complete:
+        raise CheckpointError(
+            f"{setting}={path} was not written by trainer (no trainer_meta with {', '.join(META_KEYS)})"
+        )
+    return ckpt
+
+
+def read_resume_checkpoint(path: str | Path, cfg: Any) -> dict[str, Any]:
+    """The metadata of a checkpoint `ckpt_path=` can resume: full training state, the same model config."""
+    ckpt = read_checkpoint(path, "ckpt_path")
+    missing = [k for k in ("loops", "optimizer_states", "epoch") if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"ckpt_path={path} cannot resume training (no {', '.join(missing)}): give checkpoints/last.ckpt"
+        )
+    meta = ckpt["trainer_meta"]
+    saved = meta.get("config", {}).get("model", {})
+    for key in ("name", "impl", "alpha"):
+        if saved.get(key) != cfg.model.get(key):
+            raise CheckpointError(
+                f"ckpt_path={path} was trained with model.{key}={saved.get(key)!r}, this run has "
+                f"model.{key}={cfg.model.get(key)!r}: resume with the run's own settings"
+            )
+    return meta
+
+
+def load_checkpoint(path: str | Path) -> tuple[Backbone, dict[str, Any]]:
+    """Rebuild the trained model from `path` (a best.ckpt/last.ckpt) and return it with the run's metadata."""
+    ckpt = read_checkpoint(path)
     meta = ckpt["trainer_meta"]
     model_cfg = OmegaConf.create(meta["config"]["model"])
     model_cfg.pretrained = False  # the checkpoint holds every weight

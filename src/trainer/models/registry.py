@@ -89,12 +89,25 @@ def replace_head(model: nn.Module, head_name: str, num_classes: int, dropout: fl
 
 
 def _check_alpha(cfg: Any, supports_alpha: bool) -> float:
-    alpha = 1.0 if cfg.get("alpha") is None else float(cfg.alpha)
+    try:
+        alpha = 1.0 if cfg.get("alpha") is None else float(cfg.alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"model.alpha={cfg.alpha!r} is not a number; example: model.alpha=0.5") from None
     if supports_alpha and not 0 < alpha <= _MAX_ALPHA:
-        raise ValueError(f"model.alpha={alpha} must be in (0, {_MAX_ALPHA}]")
+        raise ValueError(f"model.alpha={alpha} must be in (0, {_MAX_ALPHA}]; example: model.alpha=0.5")
     if not supports_alpha and alpha != 1.0:
-        raise ValueError(f"model.alpha={alpha} is only supported by the MobileNets, not {cfg.name}")
+        raise ValueError(
+            f"model.alpha={alpha} is only supported by the MobileNets, not {cfg.name}; leave it at 1.0"
+        )
     return alpha
+
+
+def check_alpha(cfg: Any) -> float:
+    """Check `model.alpha` against what the model family supports, without building anything."""
+    if cfg.impl not in _FAMILIES:
+        raise ValueError(f"model.impl={cfg.impl!r} is unknown; use one of {sorted(_FAMILIES)}")
+    supports = cfg.impl == "mobilenet_v1" or (cfg.impl == "torchvision" and cfg.name in _TV_ALPHA_MODELS)
+    return _check_alpha(cfg, supports)
 
 
 def _build_torchvision(

@@ -13,12 +13,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary name and rename, so a crash never leaves a truncated .ckpt."""
+    """Write checkpoints to a temporary name and rename, so a crash never leaves a truncated .ckpt; read them
+    without executing pickle code, whatever the caller or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks for."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         tmp = f"{path}.tmp-{os.getpid()}"
         super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
 
 
 class FinetuneSchedule(L.Callback):

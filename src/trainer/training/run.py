@@ -16,11 +16,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.checks import check_train_settings
 from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
 from trainer.data.scan import drop_bad_images
-from trainer.export.checkpoint import export_trained, mai_score
+from trainer.export.checkpoint import CheckpointError, export_trained, mai_score, read_checkpoint
 from trainer.models import build_backbone, count_macs, count_params
 from trainer.training.callbacks import AtomicCheckpointIO, FinetuneSchedule, ThroughputMeter, write_evaluation
 from trainer.training.module import ClassifierModule
@@ -84,12 +85,18 @@ def build_trainer(
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job described by `cfg`; returns (and writes) the run's metrics."""
+    resume_meta = check_train_settings(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     apply_cpu_threads(cfg)
 
     index = build_index(cfg.dataset)
+    if resume_meta is not None and list(resume_meta["classes"]) != index.classes:
+        raise CheckpointError(
+            f"ckpt_path={cfg.ckpt_path} was trained on classes {resume_meta['classes']}, "
+            f"this dataset has {index.classes}: resume on the same dataset"
+        )
     drop_bad_images(index, cfg.dataset.on_bad_image)
     log.info(
         "Dataset %s: %d classes, %d train / %d val images",
@@ -113,12 +120,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer, throughput, checkpoints = build_trainer(cfg, run_dir)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     train_seconds = time.perf_counter() - started
 
     best = checkpoints.best_model_path or checkpoints.last_model_path
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    module.load_state_dict(read_checkpoint(best)["state_dict"])
     values = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     evaluation = write_evaluation(module, run_dir)
     model = module.model.cpu().eval()

@@ -40,6 +40,11 @@ def index_class_folders(folder: Path) -> dict[str, list[str]]:
         raise DatasetLayoutError(
             f"{folder} has no class subfolders: put each class's images in {folder}/<class name>/"
         )
+    if len(classes) < 2:
+        raise DatasetLayoutError(
+            f"{folder} has one class folder ({classes[0].name}): a classifier needs at least 2 classes. "
+            f"Add a folder per class next to it, e.g. {folder}/other/"
+        )
     files = {c.name: _images_under(c) for c in classes}
     empty = [name for name, paths in files.items() if not paths]
     if empty:

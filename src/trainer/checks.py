@@ -1,0 +1,139 @@
+"""Every setting of a run checked in one place, before any data is scanned or any model is built.
+
+A typo or an impossible value must cost a second, not a dataset scan, a model download or an epoch. Each
+message names the setting, the value given, what is allowed and an example, so the fix is one edit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.export.settings import ExportSettings
+
+MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: smaller inputs leave less than one pixel of features
+MAX_IMAGE_SIZE = 1024  # memory grows with size^2: 1024 px already needs ~21x the memory of 224 px per image
+LEAKAGE_ACTIONS = ("warn", "error", "drop")
+BAD_IMAGE_ACTIONS = ("skip", "error")
+
+
+class SettingError(ValueError):
+    """A setting has a value the run cannot use; the message says which, what is allowed and an example."""
+
+
+def setting_error(key: str, value: Any, allowed: str, example: Any, why: str = "") -> SettingError:
+    reason = f" ({why})" if why else ""
+    return SettingError(f"{key}={value!r}: allowed {allowed}{reason}. Example: {key}={example}")
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+
+
+def number(
+    cfg: DictConfig,
+    key: str,
+    *,
+    low: float,
+    high: float = math.inf,
+    example: Any,
+    integer: bool = False,
+    low_open: bool = False,
+    why: str = "",
+) -> float:
+    """The value of `key` as a number within [low, high] (or (low, high] when `low_open`)."""
+    value = _get(cfg, key)
+    kind = "an integer" if integer else "a number"
+    upper = "" if math.isinf(high) else f" and <= {high:g}"
+    allowed = f"{kind} {'>' if low_open else '>='} {low:g}{upper}"
+    if isinstance(value, bool) or value is None:
+        raise setting_error(key, value, allowed, example, why)
+    try:
+        parsed = float(value)
+    except (TypeError, ValueError):
+        raise setting_error(key, value, allowed, example, why) from None
+    if integer and not parsed.is_integer():
+        raise setting_error(key, value, allowed, example, why)
+    below = parsed <= low if low_open else parsed < low
+    if below or parsed > high or math.isnan(parsed):
+        raise setting_error(key, value, allowed, example, why)
+    return parsed
+
+
+def choice(cfg: DictConfig, key: str, options: tuple[str, ...]) -> str:
+    value = _get(cfg, key)
+    if value not in options:
+        raise setting_error(key, value, f"one of {', '.join(options)}", options[0])
+    return value
+
+
+def check_dataset(cfg: DictConfig) -> None:
+    number(
+        cfg,
+        "dataset.image_size",
+        low=MIN_IMAGE_SIZE,
+        high=MAX_IMAGE_SIZE,
+        example=224,
+        integer=True,
+        why=f"below {MIN_IMAGE_SIZE} px the backbones' 32x downsampling leaves no spatial features; "
+        f"above {MAX_IMAGE_SIZE} px a batch does not fit in memory",
+    )
+    number(cfg, "dataset.batch_size", low=1, example=32, integer=True)
+    workers = _get(cfg, "dataset.num_workers")
+    if workers != "auto":
+        number(cfg, "dataset.num_workers", low=0, example="auto", integer=True, why="or auto")
+    if _get(cfg, "dataset.val_fraction") is not None:
+        number(cfg, "dataset.val_fraction", low=0, high=0.99, low_open=True, example=0.2)
+    choice(cfg, "dataset.on_bad_image", BAD_IMAGE_ACTIONS)
+    if _get(cfg, "dataset.on_leakage") is not None:
+        choice(cfg, "dataset.on_leakage", LEAKAGE_ACTIONS)
+    if _get(cfg, "dataset.source") == "folder" and not _get(cfg, "dataset.root"):
+        raise setting_error(
+            "dataset.root",
+            None,
+            "a folder of train/<class>/ + val/<class>/ or <class>/ subfolders",
+            "~/photos",
+            "dataset=folder reads your own photos and has no default folder",
+        )
+
+
+def check_model(cfg: DictConfig) -> None:
+    from trainer.models.registry import check_alpha
+
+    if _get(cfg, "model.alpha") is not None:
+        number(cfg, "model.alpha", low=0, high=1.4, low_open=True, example=0.5, why="the width multiplier")
+    check_alpha(cfg.model)
+    if _get(cfg, "model.dropout") is not None:
+        number(cfg, "model.dropout", low=0, high=0.99, example=0.2)
+
+
+def check_training(cfg: DictConfig) -> None:
+    number(cfg, "trainer.max_epochs", low=1, example=10, integer=True)
+    number(cfg, "optim.lr", low=0, low_open=True, example=1e-3)
+    number(cfg, "seed", low=0, example=42, integer=True)
+    if _get(cfg, "threads") is not None:
+        number(cfg, "threads", low=1, example=2, integer=True, why="or null for one per core")
+
+
+def check_export(export_cfg: DictConfig) -> None:
+    """The export settings (formats, Core ML variants, ...) through the export's own validator."""
+    try:
+        ExportSettings.from_config(export_cfg)
+    except ValueError as exc:
+        raise SettingError(f"{exc}. Example: export.formats=[torchscript,onnx,coreml]") from None
+
+
+def check_train_settings(cfg: DictConfig) -> dict[str, Any] | None:
+    """Check every setting of `train.py`; return the resume checkpoint's metadata when `ckpt_path` is set."""
+    check_dataset(cfg)
+    check_model(cfg)
+    check_training(cfg)
+    if cfg.export.enabled:
+        check_export(cfg.export)
+    if _get(cfg, "ckpt_path"):
+        from trainer.export.checkpoint import read_resume_checkpoint
+
+        return read_resume_checkpoint(cfg.ckpt_path, cfg)
+    return None
