@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
+
 import pytest
 from conftest import class_image, make_class_folder
 from omegaconf import OmegaConf
 
 from trainer.data.index import build_index
-from trainer.data.scan import BadImagesError, drop_bad_images
+from trainer.data.scan import BadImagesError, drop_bad_images, map_with_time_limit
 from trainer.data.sources.folder import DatasetLayoutError, index_folder
 
 
@@ -113,7 +117,7 @@ def test_scan_verdicts_are_cached_until_a_file_changes(tmp_path, monkeypatch):
     import trainer.data.scan as scan
 
     calls = []
-    monkeypatch.setattr(scan, "check_image", lambda p: calls.append(p))
+    monkeypatch.setattr(scan, "inspect_file", lambda p: calls.append(p) or {"error": None})
     fresh = index_folder(tmp_path)
     assert len(drop_bad_images(fresh, "skip")) == 2 and calls == []  # from cache
     class_image(0).save(tmp_path / "train" / "a" / "new.jpg")
@@ -127,3 +131,32 @@ def test_a_class_left_empty_by_bad_images_stops(tmp_path):
     (tmp_path / "val" / "b" / "img_0.jpg").write_bytes(b"garbage")
     with pytest.raises(BadImagesError, match="val split has no images of: b"):
         drop_bad_images(index_folder(tmp_path), "skip")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_fifo_named_like_an_image_is_skipped_not_opened(tmp_path, caplog):
+    make_class_folder(tmp_path / "train", {"a": 2, "b": 2})
+    make_class_folder(tmp_path / "val", {"a": 1, "b": 1})
+    os.mkfifo(tmp_path / "train" / "a" / "pipe.jpg")  # opening it for reading would block forever
+    os.symlink("/dev/zero", tmp_path / "train" / "b" / "zero.png")
+    index = index_folder(tmp_path)
+    bad = drop_bad_images(index, "skip")
+    assert sorted(Path(p).name for p in bad) == ["pipe.jpg", "zero.png"]
+    assert "FIFO" in bad[str(tmp_path / "train" / "a" / "pipe.jpg")]
+    assert "character device" in bad[str(tmp_path / "train" / "b" / "zero.png")]
+    assert len(index.train) == 4 and "pipe.jpg" in caplog.text
+
+
+def test_a_decode_that_never_ends_is_cut_off():
+    release = threading.Event()
+
+    def decode(item: str) -> str:
+        if item == "stuck":
+            release.wait()  # a decode that hangs (until the test ends)
+        return f"decoded {item}"
+
+    try:
+        results = map_with_time_limit(decode, ["a", "stuck", "b", "c"], 2, limit_s=1.0, timed_out="late")
+    finally:
+        release.set()
+    assert results == ["decoded a", "late", "decoded b", "decoded c"]

@@ -7,6 +7,7 @@ them must reach the model as the same thing, 8-bit RGB the right way up.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -56,19 +57,53 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
         return _to_rgb(img)
 
 
-def check_image(path: str | os.PathLike) -> str | None:
-    """Return None if `path` decodes as an image, else a short human-readable reason."""
+_FILE_KINDS = {
+    stat.S_ISFIFO: "a FIFO (named pipe)",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISSOCK: "a socket",
+    stat.S_ISDIR: "a folder",
+}
+
+
+def not_regular_reason(path: str | os.PathLike) -> str | None:
+    """Why `path` (links followed) is not a regular file, or None when it is one.
+
+    Opening a FIFO or a device named like an image can block forever, so these are refused unopened.
+    """
     try:
-        img = load_rgb(path, min_side=32)
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         return "file not found"
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS.items() if test(mode)), "not a regular file")
+    return f"not a regular file ({kind}): skipped without opening it"
+
+
+def decode_checked(path: str | os.PathLike, min_side: int = 32) -> tuple[Image.Image | None, str | None]:
+    """(image, None) if `path` decodes, else (None, a short human-readable reason)."""
+    reason = not_regular_reason(path)
+    if reason:
+        return None, reason
+    try:
+        img = load_rgb(path, min_side=min_side)
+    except FileNotFoundError:
+        return None, "file not found"
     except Image.DecompressionBombError as exc:
-        return f"too large to decode safely ({exc})"
+        return None, f"too large to decode safely ({exc})"
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
-        return f"cannot decode: {exc}" if str(exc) else f"cannot decode ({type(exc).__name__})"
+        return None, f"cannot decode: {exc}" if str(exc) else f"cannot decode ({type(exc).__name__})"
     if min(img.size) < 1:
-        return "image has zero size"
-    return None
+        return None, "image has zero size"
+    return img, None
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """Return None if `path` decodes as an image, else a short human-readable reason."""
+    return decode_checked(path)[1]
 
 
 def list_image_files(folder: Path) -> list[Path]:

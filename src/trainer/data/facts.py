@@ -1,0 +1,53 @@
+"""What the pre-training scan learns about one file in its single decode.
+
+Readable or why not, the stored size, whether it is grayscale, and two fingerprints for the dataset audit: the
+SHA-256 of the bytes (exact copies) and a difference hash of the picture (resized or re-encoded copies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from trainer.data.images import decode_checked
+
+GRAY_TOLERANCE = 6  # JPEG chroma noise on a gray photo stays within a few levels between channels
+
+
+def dhash(img: Image.Image) -> str:
+    """64-bit difference hash (brighter-than-right-neighbour bits of a 9x8 grayscale thumbnail), as hex."""
+    small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def is_gray(img: Image.Image) -> bool:
+    """True when the (RGB) picture carries no colour: its channels agree within GRAY_TOLERANCE everywhere."""
+    arr = np.asarray(img.resize((16, 16), Image.Resampling.BILINEAR), dtype=np.int16)
+    return int(np.abs(arr - arr[..., :1]).max()) <= GRAY_TOLERANCE
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inspect_file(path: str) -> dict[str, Any]:
+    """{"error": reason} for a file we cannot use, else its stored size, grayscale flag, sha256 and dhash."""
+    img, reason = decode_checked(path)
+    if img is None:
+        return {"error": reason}
+    try:
+        with Image.open(path) as header:  # the stored size (decoding may have drafted a smaller one)
+            size = list(header.size)
+        sha = file_sha256(path)
+    except OSError as exc:  # changed or vanished since the decode
+        return {"error": f"cannot read: {exc}"}
+    return {"error": None, "size": size, "gray": is_gray(img), "dhash": dhash(img), "sha256": sha}
