@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Scan verdicts go to a per-test cache so tests never see each other's results."""
     monkeypatch.setenv("TRAINER_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state, whichever tests ran (or were skipped) before it."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="module")

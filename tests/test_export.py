@@ -200,6 +200,19 @@ def test_manifest_top_level(exported: dict) -> None:
     assert manifest["warnings"] == []
 
 
+def test_mlpackage_files_have_the_usual_permissions(exported: dict) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for package in exported["out"].glob("*.mlpackage"):
+        modes = {
+            p.relative_to(package).as_posix(): p.stat().st_mode & 0o777
+            for p in package.rglob("*")
+            if p.is_file()
+        }
+        assert "Data/com.apple.CoreML/model.mlmodel" in modes
+        assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
 def test_sizes_and_hashes(exported: dict) -> None:
     out = exported["out"]
     for artifact in exported["manifest"]["artifacts"]:

@@ -8,7 +8,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
@@ -82,11 +83,12 @@ class ImageDataModule(L.LightningDataModule):
         on_cpu = cfg.trainer.get("accelerator", "cpu") == "cpu"
         return cls(index, data_config, cfg.dataset, cfg.augment, model_on_cpu=on_cpu)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -101,4 +103,16 @@ class ImageDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         val = ImageListDataset(self.index.val, self.eval_tf, self.eval_min_side)
-        return self._loader(val, shuffle=False)
+        return self._loader(val, shuffle=False, sampler=unpadded_sampler(val))
+
+
+def unpadded_sampler(dataset: Dataset) -> Sampler | None:
+    """Under DDP, a disjoint share of `dataset` per process with no padded repeats, so that validation
+    metrics count every image exactly once (Lightning's default DistributedSampler repeats some to even
+    out the shares); None in a single process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    world = torch.distributed.get_world_size()
+    if world > 1 and len(dataset) < world:
+        raise ValueError(f"the val split has {len(dataset)} image(s), fewer than the {world} DDP processes")
+    return UnrepeatedDistributedSampler(dataset, shuffle=False) if world > 1 else None

@@ -9,6 +9,7 @@ traced graph starts with an exact per-channel affine correction (see `ImageNorma
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -192,6 +193,19 @@ def save(
         mlmodel.output_description[EMBEDDING_OUTPUT] = "Image embedding (feature vector)"
     with atomic_output(path) as tmp:
         mlmodel.save(str(tmp))
+        _usual_permissions(tmp)
+
+
+def _usual_permissions(package: Path) -> None:
+    """Give every file of the package the mode a plain write would (0644 under the usual umask).
+
+    coremltools writes model.mlmodel through a private temporary file (mode 0600) and moves it into the
+    package, so colleagues and build machines could read the weights but not the model itself.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [package, *package.rglob("*")]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
 
 
 def weights_bytes(package: Path) -> int:

@@ -81,25 +81,34 @@ class ThroughputMeter(L.Callback):
         return self.images / self.seconds if self.seconds > 0 else None
 
 
-def write_evaluation(pl_module: L.LightningModule, out_dir: Path) -> dict:
-    """Per-class accuracy (JSON) and the confusion matrix (PNG) from the last validation pass."""
+def evaluation_results(pl_module: L.LightningModule) -> dict:
+    """Per-class accuracy and the confusion matrix of the last validation pass.
+
+    Under DDP every process must call this (torchmetrics gathers the states of all processes).
+    """
+    per_class = pl_module.val_per_class.compute().tolist()
+    confusion = pl_module.val_confusion.compute().cpu()
+    return {
+        "per_class_accuracy": dict(zip(pl_module.classes, per_class, strict=True)),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def write_evaluation(result: dict, out_dir: Path) -> None:
+    """per_class_accuracy.json and the confusion matrix (PNG) from `evaluation_results`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    classes = pl_module.classes
-    per_class = pl_module.val_per_class.compute().tolist()
-    confusion = pl_module.val_confusion.compute().cpu()
-    result = {
-        "per_class_accuracy": dict(zip(classes, per_class, strict=True)),
-        "confusion_matrix": confusion.tolist(),
-    }
+    classes = list(result["per_class_accuracy"])
+    confusion = np.asarray(result["confusion_matrix"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "per_class_accuracy.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     size = max(4.0, 0.4 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(confusion.numpy(), cmap="Blues")
+    ax.imshow(confusion, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
     ax.set_xlabel("predicted")
@@ -112,4 +121,3 @@ def write_evaluation(pl_module: L.LightningModule, out_dir: Path) -> dict:
     fig.tight_layout()
     fig.savefig(out_dir / "confusion_matrix.png", dpi=120)
     plt.close(fig)
-    return result

@@ -9,7 +9,7 @@ import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from trainer.models.registry import Backbone
@@ -63,6 +63,7 @@ class ClassifierModule(L.LightningModule):
         self.eval_loss = nn.CrossEntropyLoss()
         self.train_metrics = topk_metrics(n).clone(prefix="train/")
         self.val_metrics = topk_metrics(n).clone(prefix="val/")
+        self.val_loss = MeanMetric()  # weighted by batch size and synced over DDP processes: exact
         self.val_per_class = MulticlassAccuracy(n, average="none")
         self.val_confusion = MulticlassConfusionMatrix(n)
 
@@ -89,7 +90,8 @@ class ClassifierModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.log("val/loss", self.eval_loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.val_loss.update(self.eval_loss(logits, y), weight=len(y))
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.val_metrics.update(logits, y)
         self.val_per_class.update(logits, y)
         self.val_confusion.update(logits, y)

@@ -23,7 +23,13 @@ from trainer.data.index import build_index
 from trainer.data.scan import drop_bad_images
 from trainer.export.checkpoint import CheckpointError, export_trained, mai_score, read_checkpoint
 from trainer.models import build_backbone, count_macs, count_params
-from trainer.training.callbacks import AtomicCheckpointIO, FinetuneSchedule, ThroughputMeter, write_evaluation
+from trainer.training.callbacks import (
+    AtomicCheckpointIO,
+    FinetuneSchedule,
+    ThroughputMeter,
+    evaluation_results,
+    write_evaluation,
+)
 from trainer.training.module import ClassifierModule
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,24 @@ def apply_cpu_threads(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.threads))
 
 
+def cpu_overrides(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """What a GPU setting becomes when `trainer.accelerator=cpu` (so `trainer=ddp` runs on CPU, over gloo).
+
+    SyncBatchNorm and fp16 mixed precision exist only on GPUs; on CPU BatchNorm statistics stay per process
+    and training runs in fp32.
+    """
+    if trainer_cfg.get("accelerator") != "cpu":
+        return {}
+    overrides: dict[str, Any] = {}
+    if trainer_cfg.get("sync_batchnorm"):
+        overrides["sync_batchnorm"] = False
+    if str(trainer_cfg.get("precision")) in ("16-mixed", "16"):
+        overrides["precision"] = "32-true"
+    if overrides:
+        log.info("On CPU: %s", ", ".join(f"trainer.{k}={v}" for k, v in overrides.items()))
+    return overrides
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: Path | str, **overrides: Any
 ) -> tuple[L.Trainer, ThroughputMeter, ModelCheckpoint]:
@@ -74,6 +98,7 @@ def build_trainer(
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = instantiate(
         cfg.trainer,
+        **cpu_overrides(cfg.trainer),
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
@@ -126,7 +151,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = checkpoints.best_model_path or checkpoints.last_model_path
     module.load_state_dict(read_checkpoint(best)["state_dict"])
     values = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    evaluation = write_evaluation(module, run_dir)
+    evaluation = evaluation_results(module)  # every DDP process takes part in the gather
+    trainer.strategy.barrier("evaluated")
+    if not trainer.is_global_zero:  # rank 0 alone writes the run's files, once the others are done
+        return {"val_top1": _metric(values, "val/top1")}
+    write_evaluation(evaluation, run_dir)
     model = module.model.cpu().eval()
     metrics: dict[str, Any] = {
         "model": cfg.model.name,
@@ -140,6 +169,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_top5": _metric(values, "val/top5"),
         "val_loss": _metric(values, "val/loss"),
         "val_images": len(index.val),
+        "val_images_evaluated": int(sum(map(sum, evaluation["confusion_matrix"]))),
+        "processes": trainer.world_size,
         "train_images": len(index.train),
         "params": count_params(model),
         "macs": count_macs(model, image_size),
@@ -155,6 +186,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("val top-1 %.4f | %s", metrics["val_top1"], run_dir / "metrics.json")
     if cfg.export.enabled:
         manifest = export_trained(backbone, meta, cfg.export, run_dir / "export", index, metrics)
+        log.info("Exported %d artifacts to %s", len(manifest["artifacts"]), run_dir / "export")
         metrics.update(export_summary(manifest, metrics, cfg.dataset.get("mai_score", False)))
         write_json(run_dir / "metrics.json", metrics)
         if manifest["errors"]:

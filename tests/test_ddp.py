@@ -1,0 +1,58 @@
+"""`trainer=ddp` on CPU (gloo): two processes train together, rank 0 alone writes, val images count once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import make_class_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_two_process_cpu_ddp_writes_once_and_counts_every_val_image_once(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    make_class_folder(root / "train", {"red": 8, "green": 8, "blue": 8}, size=40)
+    make_class_folder(root / "val", {"red": 3, "green": 3, "blue": 3}, size=40)  # 9: odd, so padding shows
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAINER_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_epochs=1",
+            "dataset=folder",
+            f"dataset.root={root}",
+            "dataset.image_size=32",
+            "dataset.batch_size=4",
+            "model=demo",
+            "model.alpha=0.25",
+            "export.formats=[torchscript]",
+            "export.latency.runs=2",
+            "export.latency.warmup=0",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert log.count("Dataset photos: 3 classes") == 2, "both processes ran the job"
+    assert log.count("Exported 1 artifacts") == 1, "rank 0 alone exports"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    assert metrics["val_images"] == metrics["val_images_evaluated"] == 9
+    per_class = json.loads((run_dir / "per_class_accuracy.json").read_text())
+    assert sum(map(sum, per_class["confusion_matrix"])) == 9
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    assert manifest["errors"] == [] and [a["name"] for a in manifest["artifacts"]] == ["model_torchscript.pt"]
+    assert not [p for p in (run_dir / "export").iterdir() if p.name.startswith(".")]
