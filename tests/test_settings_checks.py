@@ -41,6 +41,7 @@ def untouched(monkeypatch: pytest.MonkeyPatch) -> None:
         ("dataset.num_workers=-1", ["dataset.num_workers=-1", "auto"]),
         ("dataset.on_bad_image=ignore", ["dataset.on_bad_image='ignore'", "skip, error"]),
         ("dataset.val_fraction=1.5", ["dataset.val_fraction=1.5"]),
+        ("dataset.on_leakage=ignore", ["dataset.on_leakage='ignore'", "warn, error, drop"]),
         ("optim.lr=-1", ["optim.lr=-1", "> 0"]),
         ("threads=0", ["threads=0", ">= 1"]),
         ("dataset=folder", ["dataset.root=None", "Example: dataset.root="]),

@@ -74,6 +74,8 @@ def test_folder_run_writes_metrics_checkpoints_and_evaluation(tmp_path, tiny_fol
         "crop_fraction": 32 / 36,
     }
     assert (run_dir / "csv" / "metrics.csv").exists()
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert audit["images"] == {"train": 36, "val": 12} and audit["leaked_val_images"] == []
     assert not list(run_dir.rglob("*.tmp*"))
 
 

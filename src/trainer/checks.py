@@ -87,8 +87,7 @@ def check_dataset(cfg: DictConfig) -> None:
     if _get(cfg, "dataset.val_fraction") is not None:
         number(cfg, "dataset.val_fraction", low=0, high=0.99, low_open=True, example=0.2)
     choice(cfg, "dataset.on_bad_image", BAD_IMAGE_ACTIONS)
-    if _get(cfg, "dataset.on_leakage") is not None:
-        choice(cfg, "dataset.on_leakage", LEAKAGE_ACTIONS)
+    choice(cfg, "dataset.on_leakage", LEAKAGE_ACTIONS)
     if _get(cfg, "dataset.source") == "folder" and not _get(cfg, "dataset.root"):
         raise setting_error(
             "dataset.root",

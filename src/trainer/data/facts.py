@@ -1,7 +1,8 @@
 """What the pre-training scan learns about one file in its single decode.
 
-Readable or why not, the stored size, whether it is grayscale, and two fingerprints for the dataset audit: the
-SHA-256 of the bytes (exact copies) and a difference hash of the picture (resized or re-encoded copies).
+Readable or why not, the stored size, whether it is grayscale, and fingerprints for the dataset audit: the
+SHA-256 of the bytes (exact copies), a difference hash of the picture and its coarse colour layout (resized or
+re-encoded copies).
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def dhash(img: Image.Image) -> str:
     small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
     bits = (small[:, 1:] > small[:, :-1]).flatten()
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def colour_layout(img: Image.Image) -> list[int]:
+    """Mean RGB of each quarter (12 values): near copies keep it, look-alike textures do not."""
+    return np.asarray(img.resize((2, 2), Image.Resampling.BOX), dtype=np.uint8).flatten().tolist()
 
 
 def is_gray(img: Image.Image) -> bool:
@@ -50,4 +56,11 @@ def inspect_file(path: str) -> dict[str, Any]:
         sha = file_sha256(path)
     except OSError as exc:  # changed or vanished since the decode
         return {"error": f"cannot read: {exc}"}
-    return {"error": None, "size": size, "gray": is_gray(img), "dhash": dhash(img), "sha256": sha}
+    return {
+        "error": None,
+        "size": size,
+        "gray": is_gray(img),
+        "dhash": dhash(img),
+        "colours": colour_layout(img),
+        "sha256": sha,
+    }

@@ -26,7 +26,7 @@ from trainer.data.index import DatasetIndex, Sample
 log = logging.getLogger(__name__)
 
 DECODE_TIME_LIMIT_S = 60.0
-CACHE_VERSION = "facts-1"
+CACHE_VERSION = "facts-2"  # bump when trainer.data.facts records change
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -141,11 +141,14 @@ def drop_bad_images(index: DatasetIndex, on_bad_image: str = "skip") -> dict[str
         return [s for s in samples if s[0] not in bad]
 
     index.train, index.val = keep(index.train), keep(index.val)
+    require_every_class(index, "after skipping unreadable images")
+    return bad
+
+
+def require_every_class(index: DatasetIndex, after: str) -> None:
+    """Raise BadImagesError naming the classes a split has lost every image of."""
     for split, samples in (("train", index.train), ("val", index.val)):
         present = {label for _, label in samples}
         missing = [index.classes[i] for i in range(index.num_classes) if i not in present]
         if missing:
-            raise BadImagesError(
-                f"after skipping unreadable images, the {split} split has no images of: {', '.join(missing)}"
-            )
-    return bad
+            raise BadImagesError(f"{after}, the {split} split has no images of: {', '.join(missing)}")

@@ -14,9 +14,11 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.checks import check_train_settings
+from trainer.data.audit import audit_dataset
 from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
@@ -123,6 +125,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"this dataset has {index.classes}: resume on the same dataset"
         )
     drop_bad_images(index, cfg.dataset.on_bad_image)
+    audit = audit_dataset(index, int(cfg.dataset.image_size), cfg.dataset.on_leakage)
+    if rank_zero_only.rank == 0:
+        write_json(run_dir / "audit.json", audit)
     log.info(
         "Dataset %s: %d classes, %d train / %d val images",
         index.name,
