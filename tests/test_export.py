@@ -27,7 +27,7 @@ from torch import nn
 from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
-from trainer.export import coreml, export_all
+from trainer.export import coreml, export_all, pipeline
 from trainer.export.handoff import xcode_class_name
 from trainer.export.manifest import atomic_output, sha256, size_bytes
 from trainer.export.torchscript import lite_unavailable_reason
@@ -429,13 +429,7 @@ def test_failed_coreml_conversion_keeps_other_artifacts(
     assert "converter exploded" in (out / "README.md").read_text()
 
 
-def test_interrupted_export_leaves_no_complete_looking_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    out = tmp_path / "export"
-    out.mkdir()
-    (out / ".tmp-deadbeef-model.onnx").write_bytes(b"left by a crashed run")
-
+def test_interrupted_first_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def dying_save(module: object, path: str) -> None:
         Path(path).write_bytes(b"PK\x03\x04 half a zip")
         raise KeyboardInterrupt  # the process is stopped mid-write
@@ -443,7 +437,44 @@ def test_interrupted_export_leaves_no_complete_looking_file(
     monkeypatch.setattr(torch.jit, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         small_export(tmp_path, export_config(formats=["torchscript", "onnx"]))
-    assert sorted(os.listdir(out)) == [], "no partial model, no temporary, no manifest"
+    assert not (tmp_path / "export").exists(), "no partial model, no temporary, no manifest"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _contents(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_interrupted_reexport_keeps_the_previous_export_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = small_export(tmp_path, export_config(formats=["torchscript"]))
+    out = tmp_path / "export"
+    before = _contents(out)
+    assert first["errors"] == [] and "model_torchscript.pt" in before and "manifest.json" in before
+
+    def dying_export(model: object, example: object, path: Path, **kwargs: object) -> None:
+        path.write_bytes(b"half an onnx file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "export_onnx", dying_export)
+    with pytest.raises(KeyboardInterrupt):
+        small_export(tmp_path, export_config(formats=["torchscript", "onnx"]))
+    assert _contents(out) == before, "the previous export is untouched"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_killed_mid_swap_is_restored(tmp_path: Path) -> None:
+    """A kill between the swap's two renames leaves the old export aside: the next export puts it back."""
+    small_export(tmp_path, export_config(formats=["torchscript"]))
+    out = tmp_path / "export"
+    before = _contents(out)
+    out.rename(tmp_path / ".export.tmp-old-0badf00d")
+    (tmp_path / ".export.tmp-1234abcd").mkdir()  # the new one, never swapped in
+    with pytest.raises(ValueError, match="palettize5"):
+        small_export(tmp_path, export_config(**{"coreml.quantize": ["palettize5"]}))
+    assert _contents(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_atomic_output_replaces_directories_only_when_complete(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Atomic writes, artifact hashing and manifest.json.
 
-Every file or folder the export hands over goes through `atomic_output`: it is written under a hidden
-temporary name in the destination folder and renamed into place only once complete, so an interrupted export
-never leaves a half-written artifact under a name that looks finished.
+A whole export is built in a hidden folder beside the export folder and swapped in when complete
+(`staged_folder`); inside it every file or folder goes through `atomic_output`: written under a hidden
+temporary name and renamed into place only once complete, so an interrupted export never leaves a
+half-written artifact under a name that looks finished.
 """
 
 from __future__ import annotations
@@ -131,23 +132,39 @@ def artifact_entry(path: Path, out_dir: Path, *, format: str, precision: str, ki
     }
 
 
-def remove_stale(out_dir: Path) -> None:
-    """Clear what an earlier export left in `out_dir`: temporaries of a crashed run and the files its manifest
-    listed, so that nothing from before can pass for part of this export."""
-    for leftover in out_dir.glob(f"{TMP_PREFIX}*"):
-        _remove(leftover)
-    manifest_path = out_dir / MANIFEST_NAME
+@contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """Yield a new hidden folder beside `final` to build a whole export in; it becomes `final` only once the
+    block completes.
+
+    On any exception (KeyboardInterrupt included) the new folder is deleted and `final` keeps the previous
+    export, whole: nothing is lost before its replacement exists, and nothing from before can pass for part of
+    the new export. A run killed between the two renames of the swap leaves the previous export aside under a
+    hidden name; the next export puts it back before starting.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stem = f".{final.name}{TMP_PREFIX}"
+    for leftover in sorted(final.parent.glob(f"{stem}*")):
+        if leftover.name.startswith(f"{stem}old-") and not final.exists():
+            os.replace(leftover, final)
+        else:
+            _remove(leftover)
+    token = secrets.token_hex(4)
+    work = final.with_name(f"{stem}{token}")
+    work.mkdir()
     try:
-        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    root = out_dir.resolve()
-    listed = [a.get("path") for a in previous.get("artifacts", [])] + list(previous.get("handoff", []))
-    for rel in filter(lambda r: isinstance(r, str), listed):
-        target = (out_dir / rel).resolve()
-        if target.is_relative_to(root) and target != root:  # never outside the export folder
-            _remove(target)
-    manifest_path.unlink(missing_ok=True)
+        yield work
+        if final.exists() or final.is_symlink():
+            aside = final.with_name(f"{stem}old-{token}")
+            os.replace(final, aside)
+            os.replace(work, final)
+            _remove(aside)
+        else:
+            os.replace(work, final)
+    except BaseException:
+        _remove(work)
+        raise
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:

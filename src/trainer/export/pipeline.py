@@ -23,7 +23,13 @@ from torch import nn
 
 from trainer.data.data_config import DataConfig
 from trainer.export.handoff import CARD_NAME, swift_package, write_labels, write_model_card, write_swift
-from trainer.export.manifest import artifact_entry, record_errors, remove_stale, write_manifest
+from trainer.export.manifest import (
+    MANIFEST_NAME,
+    artifact_entry,
+    record_errors,
+    staged_folder,
+    write_manifest,
+)
 from trainer.export.onnx import export_onnx, onnx_metadata, onnx_predictor, quantize_int8
 from trainer.export.settings import ExportSettings
 from trainer.export.torchscript import (
@@ -137,7 +143,22 @@ class _Run:
         return outputs
 
 
-def export_all(
+def export_all(model: nn.Module, *, out_dir: Path, **kwargs: Any) -> dict:
+    """Export `model` into `out_dir` (see `_export_into` for the arguments); returns the manifest.
+
+    The export is built in a hidden folder beside `out_dir` and replaces it only once complete, so a crash
+    or an interrupt keeps the previous export whole.
+    """
+    with staged_folder(Path(out_dir)) as work:
+        manifest = _export_into(model, out_dir=work, **kwargs)
+    if manifest["errors"]:
+        log.error(
+            "export finished with %d error(s); see %s", len(manifest["errors"]), Path(out_dir) / MANIFEST_NAME
+        )
+    return manifest
+
+
+def _export_into(
     model: nn.Module,
     *,
     classes: list[str],
@@ -163,9 +184,6 @@ def export_all(
         from trainer.export.coreml import deployment_target
 
         deployment_target(settings.deployment_target)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale(out_dir)
     model = copy.deepcopy(model).cpu().eval()
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
 
@@ -248,8 +266,6 @@ def export_all(
         manifest["handoff"].append(CARD_NAME)
         write_model_card(out_dir, manifest)
     write_manifest(out_dir, manifest)
-    if run.errors:
-        log.error("export finished with %d error(s); see %s", len(run.errors), out_dir / "manifest.json")
     return manifest
 
 
