@@ -17,6 +17,7 @@ MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: smaller inputs leave less t
 MAX_IMAGE_SIZE = 1024  # memory grows with size^2: 1024 px already needs ~21x the memory of 224 px per image
 LEAKAGE_ACTIONS = ("warn", "error", "drop")
 BAD_IMAGE_ACTIONS = ("skip", "error")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 class SettingError(ValueError):
@@ -99,35 +100,60 @@ def check_dataset(cfg: DictConfig) -> None:
 
 
 def check_model(cfg: DictConfig) -> None:
-    from trainer.models.registry import check_alpha
+    from trainer.models.registry import check_model_config
 
     if _get(cfg, "model.alpha") is not None:
         number(cfg, "model.alpha", low=0, high=1.4, low_open=True, example=0.5, why="the width multiplier")
-    check_alpha(cfg.model)
-    if _get(cfg, "model.dropout") is not None:
-        number(cfg, "model.dropout", low=0, high=0.99, example=0.2)
+    check_model_config(cfg.model)
+    for key in ("model.dropout", "model.drop_path"):
+        if _get(cfg, key) is not None:
+            number(cfg, key, low=0, high=0.99, example=0.2)
+
+
+def check_augment(cfg: DictConfig) -> None:
+    for key in ("augment.hflip", "augment.random_erasing", "augment.label_smoothing"):
+        if _get(cfg, key) is not None:
+            number(cfg, key, low=0, high=1, example=0.1)
+    for key in ("augment.mixup", "augment.cutmix"):
+        if _get(cfg, key) is not None:
+            number(cfg, key, low=0, example=0.2, why="an alpha; 0 turns it off")
 
 
 def check_training(cfg: DictConfig) -> None:
     number(cfg, "trainer.max_epochs", low=1, example=10, integer=True)
+    devices = _get(cfg, "trainer.devices")
+    if devices != "auto" and not OmegaConf.is_list(devices):
+        number(cfg, "trainer.devices", low=1, example=2, integer=True, why="or auto, or a list of device ids")
+    if _get(cfg, "trainer.num_nodes") is not None:
+        number(cfg, "trainer.num_nodes", low=1, example=2, integer=True)
+    choice(cfg, "optim.name", OPTIMIZERS)
     number(cfg, "optim.lr", low=0, low_open=True, example=1e-3)
+    number(cfg, "optim.weight_decay", low=0, example=0.05)
+    number(cfg, "optim.warmup_epochs", low=0, example=0.25)
+    number(cfg, "finetune.freeze_epochs", low=0, example=1, integer=True)
+    number(cfg, "finetune.backbone_lr_mult", low=0, example=0.5)
     number(cfg, "seed", low=0, example=42, integer=True)
     if _get(cfg, "threads") is not None:
         number(cfg, "threads", low=1, example=2, integer=True, why="or null for one per core")
 
 
 def check_export(export_cfg: DictConfig) -> None:
-    """The export settings (formats, Core ML variants, ...) through the export's own validator."""
+    """The export settings (formats, Core ML variants, target, ...) through the export's own validators."""
     try:
-        ExportSettings.from_config(export_cfg)
+        settings = ExportSettings.from_config(export_cfg)
     except ValueError as exc:
         raise SettingError(f"{exc}. Example: export.formats=[torchscript,onnx,coreml]") from None
+    if "coreml" in settings.formats:
+        from trainer.export.coreml import deployment_target
+
+        deployment_target(settings.deployment_target)
 
 
 def check_train_settings(cfg: DictConfig) -> dict[str, Any] | None:
     """Check every setting of `train.py`; return the resume checkpoint's metadata when `ckpt_path` is set."""
     check_dataset(cfg)
     check_model(cfg)
+    check_augment(cfg)
     check_training(cfg)
     if cfg.export.enabled:
         check_export(cfg.export)

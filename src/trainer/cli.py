@@ -29,7 +29,10 @@ def exit_on_user_error(job: Callable[[DictConfig], T], cfg: DictConfig) -> T | N
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             log.exception("job failed: %s", exc)
             return None
-        if cfg.get("debug") or not isinstance(exc, ValueError | RuntimeError | OSError):
+        from lightning.fabric.utilities.exceptions import MisconfigurationException  # bad trainer.* values
+
+        user_errors = ValueError | RuntimeError | OSError | MisconfigurationException
+        if cfg.get("debug") or not isinstance(exc, user_errors):
             raise
         log.error("%s", exc)
         sys.exit(1)

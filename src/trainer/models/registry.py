@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -102,12 +103,26 @@ def _check_alpha(cfg: Any, supports_alpha: bool) -> float:
     return alpha
 
 
-def check_alpha(cfg: Any) -> float:
-    """Check `model.alpha` against what the model family supports, without building anything."""
+def check_model_config(cfg: Any) -> None:
+    """Check model.impl, .name, .alpha and a .pretrained path, without building or downloading anything."""
     if cfg.impl not in _FAMILIES:
         raise ValueError(f"model.impl={cfg.impl!r} is unknown; use one of {sorted(_FAMILIES)}")
+    if cfg.impl == "torchvision" and cfg.name not in torchvision.models.list_models(
+        module=torchvision.models
+    ):
+        raise ValueError(
+            f"model.name={cfg.name!r} is not a torchvision classifier; see torchvision.models.list_models(), "
+            "e.g. model.name=mobilenet_v3_small"
+        )
+    if cfg.impl == "timm" and not timm.is_model(cfg.name):
+        raise ValueError(
+            f"model.name={cfg.name!r} is not a timm model; see timm.list_models(), e.g. convnext_atto"
+        )
     supports = cfg.impl == "mobilenet_v1" or (cfg.impl == "torchvision" and cfg.name in _TV_ALPHA_MODELS)
-    return _check_alpha(cfg, supports)
+    _check_alpha(cfg, supports)
+    pretrained = _pretrained_mode(cfg.get("pretrained"))
+    if isinstance(pretrained, str) and not Path(pretrained).expanduser().is_file():
+        raise PretrainedWeightsError(_ways_out(f"model.pretrained={pretrained}: no such file"))
 
 
 def _build_torchvision(
