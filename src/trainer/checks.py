@@ -47,7 +47,7 @@ def number(
     """The value of `key` as a number within [low, high] (or (low, high] when `low_open`)."""
     value = _get(cfg, key)
     kind = "an integer" if integer else "a number"
-    upper = "" if math.isinf(high) else f" and <= {high:g}"
+    upper = "" if math.isinf(high) else f" and <= {int(high) if integer else f'{high:g}'}"
     allowed = f"{kind} {'>' if low_open else '>='} {low:g}{upper}"
     if isinstance(value, bool) or value is None:
         raise setting_error(key, value, allowed, example, why)
