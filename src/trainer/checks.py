@@ -102,9 +102,7 @@ def check_dataset(cfg: DictConfig) -> None:
 def check_model(cfg: DictConfig) -> None:
     from trainer.models.registry import check_model_config
 
-    if _get(cfg, "model.alpha") is not None:
-        number(cfg, "model.alpha", low=0, high=1.4, low_open=True, example=0.5, why="the width multiplier")
-    check_model_config(cfg.model)
+    check_model_config(cfg.model)  # model.alpha's range depends on the model family
     for key in ("model.dropout", "model.drop_path"):
         if _get(cfg, key) is not None:
             number(cfg, key, low=0, high=0.99, example=0.2)

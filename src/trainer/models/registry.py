@@ -93,9 +93,14 @@ def _check_alpha(cfg: Any, supports_alpha: bool) -> float:
     try:
         alpha = 1.0 if cfg.get("alpha") is None else float(cfg.alpha)
     except (TypeError, ValueError):
-        raise ValueError(f"model.alpha={cfg.alpha!r} is not a number; example: model.alpha=0.5") from None
+        raise ValueError(
+            f"model.alpha={cfg.alpha!r} is not a number: allowed a width multiplier in (0, {_MAX_ALPHA}]. "
+            "Example: model.alpha=0.5"
+        ) from None
     if supports_alpha and not 0 < alpha <= _MAX_ALPHA:
-        raise ValueError(f"model.alpha={alpha} must be in (0, {_MAX_ALPHA}]; example: model.alpha=0.5")
+        raise ValueError(
+            f"model.alpha={alpha} must be in (0, {_MAX_ALPHA}] (width multiplier). Example: model.alpha=0.5"
+        )
     if not supports_alpha and alpha != 1.0:
         raise ValueError(
             f"model.alpha={alpha} is only supported by the MobileNets, not {cfg.name}; leave it at 1.0"
