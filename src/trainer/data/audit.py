@@ -27,6 +27,7 @@ BANDS = 4
 COLOUR_TOLERANCE = 16  # re-encoding moves a quarter's mean colour by a few levels at most
 MIN_DETAIL_BITS = 8  # hashes with fewer set (or unset) bits are flat pictures: they all look alike
 EXAMPLES = 5
+MAX_GROUP = 64  # copies compared pairwise; larger groups are compared with their first member
 LARGE_IMBALANCE = 10.0
 
 
@@ -53,11 +54,19 @@ def _near_pairs(facts: dict[str, dict[str, Any]]) -> set[tuple[str, str]]:
         for path, value in values.items():
             buckets[(value >> (16 * band)) & 0xFFFF].append(path)
         for members in buckets.values():
-            for a, b in combinations(sorted(members), 2):
+            for a, b in _candidate_pairs(sorted(members)):
                 close = bin(values[a] ^ values[b]).count("1") <= NEAR_BITS
                 if close and _same_colours(facts[a]["colours"], facts[b]["colours"]):
                     pairs.add((a, b))
     return pairs
+
+
+def _candidate_pairs(members: list[str]) -> Iterable[tuple[str, str]]:
+    """Every pair of a small group; in a large one (thousands of copies) each member against the first, so
+    a hostile dataset cannot make the audit quadratic."""
+    if len(members) <= MAX_GROUP:
+        return combinations(members, 2)
+    return ((members[0], other) for other in members[1:])
 
 
 def _summary(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
@@ -76,7 +85,7 @@ def audit_index(index: DatasetIndex, facts: dict[str, dict[str, Any]], image_siz
         by_sha[f["sha256"]].append(path)
     exact = {"train": set(), "val": set(), "across": set()}
     for paths in by_sha.values():
-        for a, b in combinations(sorted(paths), 2):
+        for a, b in _candidate_pairs(sorted(paths, key=lambda p: (split_of[p] != "train", p))):
             kind = split_of[a] if split_of[a] == split_of[b] else "across"
             exact[kind].add((a, b) if split_of[a] == "train" or kind != "across" else (b, a))
     exact_pairs = set().union(*exact.values())
