@@ -76,7 +76,7 @@ def test_lightning_resume_and_best_reload_refuse_the_payload(evil: tuple[Path, P
 
 
 def _real_checkpoint(path: Path) -> Path:
-    meta = {"config": {"model": {"name": "demo"}}, "classes": ["a", "b"], "data_config": {}, "image_size": 32}
+    meta = {"config": {"model": {"name": "demo"}}, "classes": ["a", "b"]}
     torch.save({"state_dict": {"w": torch.zeros(64, 64)}, "trainer_meta": meta}, path)
     return path
 

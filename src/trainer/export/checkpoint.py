@@ -17,7 +17,7 @@ from trainer.models import Backbone, build_backbone, headless_copy
 log = logging.getLogger(__name__)
 
 
-META_KEYS = ("config", "classes", "data_config", "image_size")
+META_KEYS = ("config", "classes")  # what rebuilding the model needs
 
 
 class CheckpointError(ValueError):
