@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +46,17 @@ def class_image(label: int, size: int = 48, seed: int = 0) -> Image.Image:
 
 
 def make_class_folder(root: Path, classes: dict[str, int], size: int = 48) -> Path:
-    """root/<class>/img_i.jpg with `classes[name]` images each."""
+    """root/<class>/img_i.jpg with `classes[name]` images each.
+
+    The images depend on the folder's name, so root/train and root/val never share a picture (the audit
+    would rightly call that leakage).
+    """
+    base = zlib.crc32(root.name.encode())
     for label, (name, count) in enumerate(classes.items()):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            class_image(label, size, seed=label * 1000 + i).save(folder / f"img_{i}.jpg", quality=90)
+            class_image(label, size, seed=base + label * 1000 + i).save(folder / f"img_{i}.jpg", quality=90)
     return root
 
 

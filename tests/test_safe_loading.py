@@ -3,6 +3,7 @@ a broken `ckpt_path=` ends in one clear line."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -119,8 +120,14 @@ def test_cli_garbage_ckpt_path_exits_1_without_traceback(
     monkeypatch.setattr(
         sys, "argv", ["train.py", f"ckpt_path={garbage}", f"hydra.run.dir={tmp_path / 'run'}"]
     )
-    with pytest.raises(SystemExit) as exit_info:
-        cli.train()
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.train()
+    finally:  # Hydra pointed the root logger at this test's captured stdout: give it back
+        for handler in set(logging.root.handlers) - set(handlers):
+            handler.close()
+        logging.root.handlers[:], logging.root.level = handlers, level
     text = "".join(capfd.readouterr())
     assert exit_info.value.code == 1, text
     assert "Traceback" not in text and f"ckpt_path={garbage}" in text
