@@ -112,6 +112,8 @@ def build_trainer(
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job described by `cfg`; returns (and writes) the run's metrics."""
+    if rank_zero_only.rank != 0:  # DDP: the other processes repeat rank 0's lines; keep only their errors
+        logging.getLogger("trainer").setLevel(logging.ERROR)
     resume_meta = check_train_settings(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
