@@ -464,6 +464,19 @@ def test_interrupted_reexport_keeps_the_previous_export_whole(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_export_never_replaces_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
+    notes = tmp_path / "my_notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("years of work")
+    with pytest.raises(ValueError, match="not an earlier export"):
+        small_export(tmp_path, export_config(formats=["torchscript"]), notes)
+    assert [p.name for p in notes.iterdir()] == ["thesis.txt"]
+    (tmp_path / "a_file").write_text("keep")
+    with pytest.raises(ValueError, match="is not a folder"):
+        small_export(tmp_path, export_config(formats=["torchscript"]), tmp_path / "a_file")
+    assert (tmp_path / "a_file").read_text() == "keep"
+
+
 def test_export_killed_mid_swap_is_restored(tmp_path: Path) -> None:
     """A kill between the swap's two renames leaves the old export aside: the next export puts it back."""
     small_export(tmp_path, export_config(formats=["torchscript"]))

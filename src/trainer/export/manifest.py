@@ -132,6 +132,17 @@ def artifact_entry(path: Path, out_dir: Path, *, format: str, precision: str, ki
     }
 
 
+def _check_replaceable(final: Path) -> None:
+    """Refuse to replace anything but an earlier export (or an empty folder): the swap deletes the old one."""
+    if final.exists() and not final.is_dir():
+        raise ValueError(f"export folder {final} exists and is not a folder: choose another out_dir")
+    if final.is_dir() and not (final / MANIFEST_NAME).is_file() and any(final.iterdir()):
+        raise ValueError(
+            f"export folder {final} holds files but no {MANIFEST_NAME}, so it is not an earlier export and "
+            "replacing it would delete them: choose a new or empty out_dir"
+        )
+
+
 @contextmanager
 def staged_folder(final: Path) -> Iterator[Path]:
     """Yield a new hidden folder beside `final` to build a whole export in; it becomes `final` only once the
@@ -150,6 +161,7 @@ def staged_folder(final: Path) -> Iterator[Path]:
             os.replace(leftover, final)
         else:
             _remove(leftover)
+    _check_replaceable(final)
     token = secrets.token_hex(4)
     work = final.with_name(f"{stem}{token}")
     work.mkdir()
