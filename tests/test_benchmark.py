@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -184,6 +186,10 @@ def test_bad_runtime_name_is_rejected(tmp_path: Path) -> None:
 
 
 def test_time_predictor_reports_spread_and_fps() -> None:
-    figures = time_predictor(lambda batch: batch * 2, torch.zeros(1, 3, 8, 8).numpy(), runs=7, warmup=2)
+    def predict(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.001)  # at least 1 ms: far above the 0.001 ms the figures are rounded to
+        return batch * 2
+
+    figures = time_predictor(predict, torch.zeros(1, 3, 8, 8).numpy(), runs=7, warmup=2)
     assert figures["latency_p10_ms"] <= figures["latency_ms"] <= figures["latency_p90_ms"]
     assert figures["fps"] == pytest.approx(1000.0 / figures["latency_ms"], rel=0.01)
