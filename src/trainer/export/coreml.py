@@ -4,6 +4,9 @@ Apps hand the model raw RGB pixels (0-255). Core ML's ImageType applies `scale *
 scalar scale, so the per-channel std of the training normalization cannot be expressed exactly there: the
 ImageType gets scale = 1 / (255 * mean(std)) and bias[c] = -mean[c] / std[c], and where the stds differ the
 traced graph starts with an exact per-channel affine correction (see `ImageNormalization`).
+
+The `coreml` row of the format table (formats.py): `export`, `export_headless`, and `verify`, the one place
+that decides how a saved .mlpackage is run on the val images.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from trainer.export.formats import RuntimeUnavailable
+from trainer.export.job import ExportJob
 from trainer.export.manifest import atomic_output, size_bytes
 from trainer.export.settings import ExportSettings, palette_bits
 from trainer.export.torchscript import trace
-from trainer.export.verify import Predict
+from trainer.export.verify import Predict, softmax
 
 INPUT_NAME = "image"
 LABEL_OUTPUT = "classLabel"
@@ -36,6 +41,8 @@ EMBEDDING_OUTPUT = "embedding"
 PREVIEW_KEY = "com.apple.coreml.model.preview.type"
 WEIGHTS_DIR = "Data/com.apple.CoreML/weights"
 NOT_MACOS_REASON = f"Core ML runs models only on macOS (MLModel.predict); this is {sys.platform}"
+CLASSIFIER_STEM = "ImageClassifier"
+HEADLESS_STEM = "FeatureExtractor"
 
 
 @dataclass(frozen=True)
@@ -336,3 +343,112 @@ def coreml_predictor(
         return np.stack(rows)
 
     return predict
+
+
+def export(job: ExportJob) -> None:
+    """ImageClassifier_<variant>.mlpackage for each coreml.quantize variant, from one fp32 or fp16 conversion;
+    each is spec-checked, size-checked when compressed, and verified (`verify`)."""
+    norm = ImageNormalization.from_stats(job.mean, job.std)
+    target = job.settings.deployment_target
+    bases: dict[str, Any] = {}
+
+    def base(precision: str) -> Any:
+        """The converted model at `precision`, converted once (None once it failed)."""
+        if precision not in bases:
+            bases[precision] = None
+            with job.guard(f"coreml_{precision} conversion"):
+                bases[precision] = convert(
+                    job.model,
+                    image_size=job.image_size,
+                    norm=norm,
+                    classes=job.classes,
+                    target_name=target,
+                    precision=precision,
+                )
+        return bases[precision]
+
+    for variant in job.settings.coreml_quantize:
+        name = f"coreml_{variant}"
+        reason = w8a8_skip_reason(target) if variant == "w8a8" else None
+        if reason:
+            job.skip(name, reason)
+            continue
+        precision = "fp32" if variant == "fp32" else "fp16"
+        if base(precision) is None:
+            job.skip(name, f"the Core ML {precision} conversion failed")
+            continue
+        with job.guard(name):
+            mlmodel = base(precision)
+            if variant not in ("fp32", "fp16"):
+                mlmodel = compress(mlmodel, variant, to_pixels(job.calibration, job.mean, job.std))
+            path = job.out_dir / f"{CLASSIFIER_STEM}_{variant}.mlpackage"
+            save(mlmodel, path, settings=job.settings, user_metadata=job.user_metadata, classifier=True)
+            entry = job.add(path, format="coreml", precision=variant, minimum_deployment_target=target)
+            entry["weights_bytes"] = weights_bytes(path)
+            limit = max_weight_ratio(variant)
+            if limit is not None:
+                ratio = entry["weights_bytes"] / in_memory_weights_bytes(base("fp16"))
+                entry["weights_ratio_vs_fp16"] = round(ratio, 4)
+                if ratio > limit:
+                    job.fail(name, [f"{name}: weights are {ratio:.3f}x the fp16 size (limit {limit:.3f}x)"])
+            job.fail(name, _check_saved(job, path, norm, job.classes))
+            verify(job, entry, path, job.classes, softmax(job.reference))
+
+
+def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray) -> None:
+    """FeatureExtractor_fp16.mlpackage: output `embedding`, compared with PyTorch's `reference` embeddings."""
+    with job.guard("headless_coreml_fp16"):
+        norm = ImageNormalization.from_stats(job.mean, job.std)
+        target = job.settings.deployment_target
+        mlmodel = convert(
+            extractor,
+            image_size=job.image_size,
+            norm=norm,
+            classes=None,
+            target_name=target,
+            precision="fp16",
+        )
+        path = job.out_dir / f"{HEADLESS_STEM}_fp16.mlpackage"
+        save(mlmodel, path, settings=job.settings, user_metadata=job.user_metadata, classifier=False)
+        entry = job.add(
+            path, format="coreml", precision="fp16", kind="embedding", minimum_deployment_target=target
+        )
+        job.fail(entry["name"], _check_saved(job, path, norm, None))
+        verify(job, entry, path, None, reference)
+
+
+def _check_saved(
+    job: ExportJob, path: Path, norm: ImageNormalization, classes: list[str] | None
+) -> list[str]:
+    return check_spec(
+        path,
+        image_size=job.image_size,
+        norm=norm,
+        classes=classes,
+        user_metadata_keys=list(job.user_metadata),
+    )
+
+
+def verify(job: ExportJob, entry: dict, path: Path, classes: list[str] | None, reference: np.ndarray) -> None:
+    """Run a saved .mlpackage on the val images (compared in probability space for a classifier), or record
+    in `entry` why it cannot run here."""
+    try:
+        check_runtime()
+    except RuntimeUnavailable as exc:
+        entry.update({"val_top1": None, "top1_agreement": None, "latency_ms": None, "reason": str(exc)})
+        return
+    predict = coreml_predictor(path, classes=classes, mean=job.mean, std=job.std)
+    job.verify(entry, predict, reference, classifier=classes is not None)
+
+
+def check_runtime() -> None:
+    """Raise RuntimeUnavailable where Core ML cannot run models (everywhere but macOS)."""
+    if sys.platform != "darwin":
+        raise RuntimeUnavailable(NOT_MACOS_REASON)
+
+
+def load(path: Path, manifest: dict[str, Any]) -> Predict:
+    """Class probabilities of a classifier .mlpackage (trainer-predict, the benchmark)."""
+    check_runtime()
+    prep = manifest["preprocess"]
+    return coreml_predictor(path, classes=manifest["classes"], mean=prep["mean"], std=prep["std"])

@@ -1,7 +1,8 @@
 """ONNX export (fp32, dynamic batch) and static int8 QDQ quantization, plus an ONNX Runtime predictor.
 
-Input `image`: normalized float32 (N, 3, S, S); output `logits` (or `embedding` for the feature extractor).
-Each file carries its labels and preprocessing in `metadata_props`, where Android apps read them.
+The `onnx` row of the format table (formats.py). Input `image`: normalized float32 (N, 3, S, S); output
+`logits` (or `embedding` for the feature extractor). Each file carries its labels and preprocessing in
+`metadata_props`, where Android apps read them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from trainer.data.data_config import DataConfig
+from trainer.export.job import ExportJob
 from trainer.export.manifest import TMP_PREFIX, atomic_output
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import Predict
@@ -29,6 +31,10 @@ from trainer.export.verify import Predict
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
+FP32_NAME = "model.onnx"
+INT8_NAME = "model_int8.onnx"
+HEADLESS_NAME = "feature_extractor.onnx"
+INT8_RECIPE = "static QDQ: per-channel int8 weights (7-bit range), uint8 activations, min/max calibration"
 
 
 def _export(
@@ -184,3 +190,52 @@ def onnx_predictor(path: Path, threads: int) -> Predict:
         return session.run(None, {INPUT_NAME: batch})[0]
 
     return predict
+
+
+def export(job: ExportJob) -> None:
+    """model.onnx (must match PyTorch) and, with onnx.int8, model_int8.onnx compared with it."""
+    path = job.out_dir / FP32_NAME
+    metadata = onnx_metadata(job.classes, job.data_config, job.settings)
+    fp32_outputs = None
+    with job.guard("onnx_fp32"):
+        info = export_onnx(job.model, job.example, path, opset=job.settings.onnx_opset, metadata=metadata)
+        entry = job.add(path, format="onnx", precision="fp32", **info)
+        fp32_outputs = job.verify(entry, onnx_predictor(path, job.threads), job.reference, fp32=True)
+    if not job.settings.onnx_int8:
+        return
+    if fp32_outputs is None:
+        job.skip("onnx_int8", "the ONNX fp32 export failed")
+        return
+    with job.guard("onnx_int8"):
+        int8_path = job.out_dir / INT8_NAME
+        quantize_int8(path, int8_path, job.calibration, metadata=metadata)
+        entry = job.add(
+            int8_path,
+            format="onnx",
+            precision="int8",
+            quantization=INT8_RECIPE,
+            calibration_images=len(job.calibration),
+        )
+        outputs = job.verify(entry, onnx_predictor(int8_path, job.threads), job.reference)
+        job.compare_int8("onnx_int8", entry, fp32_outputs, outputs)
+
+
+def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray) -> None:
+    """feature_extractor.onnx: output `embedding`, compared with PyTorch's `reference` embeddings."""
+    with job.guard("headless_onnx_fp32"):
+        path = job.out_dir / HEADLESS_NAME
+        info = export_onnx(
+            extractor,
+            job.example,
+            path,
+            opset=job.settings.onnx_opset,
+            output_name="embedding",
+            metadata=onnx_metadata(None, job.data_config, job.settings),
+        )
+        entry = job.add(path, format="onnx", precision="fp32", kind="embedding", **info)
+        job.verify(entry, onnx_predictor(path, job.threads), reference, classifier=False, fp32=True)
+
+
+def load(path: Path, manifest: dict[str, Any]) -> Predict:
+    """An ONNX Runtime predictor with torch's thread count."""
+    return onnx_predictor(path, torch.get_num_threads())

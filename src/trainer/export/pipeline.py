@@ -1,17 +1,16 @@
 """export_all: every artifact, verified on the val images and listed in manifest.json.
 
-Each format runs inside its own guard: a converter that raises is logged and listed in the manifest's
-`errors`, and the remaining formats still export. Callers exit non-zero when `errors` is not empty.
+The formats come from the table in formats.py, in its order; each runs inside its own guard: a converter that
+raises is logged and listed in the manifest's `errors`, and the remaining formats still export. A format
+whose optional packages are absent is listed in `skipped` with the install command. Callers exit non-zero
+when `errors` is not empty.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import sys
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,45 +21,14 @@ from omegaconf import DictConfig
 from torch import nn
 
 from trainer.data.data_config import DataConfig
+from trainer.export.formats import FORMATS, Format
 from trainer.export.handoff import CARD_NAME, swift_package, write_labels, write_model_card, write_swift
-from trainer.export.manifest import (
-    MANIFEST_NAME,
-    artifact_entry,
-    record_errors,
-    staged_folder,
-    write_manifest,
-)
-from trainer.export.onnx import export_onnx, onnx_metadata, onnx_predictor, quantize_int8
+from trainer.export.job import ExportJob
+from trainer.export.manifest import MANIFEST_NAME, staged_folder, write_manifest
 from trainer.export.settings import ExportSettings
-from trainer.export.torchscript import (
-    export_lite,
-    export_torchscript,
-    lite_unavailable_reason,
-    load_lite,
-    load_torchscript,
-)
-from trainer.export.verify import (
-    Predict,
-    evaluate,
-    fp32_problems,
-    latency_ms,
-    load_inputs,
-    run_batches,
-    softmax,
-    top1,
-    torch_predictor,
-)
+from trainer.export.verify import latency_ms, load_inputs, run_batches, top1, torch_predictor
 
 log = logging.getLogger(__name__)
-
-TORCHSCRIPT_NAME = "model_torchscript.pt"
-LITE_NAME = "model_mobile.ptl"
-ONNX_NAME = "model.onnx"
-ONNX_INT8_NAME = "model_int8.onnx"
-HEADLESS_ONNX_NAME = "feature_extractor.onnx"
-COREML_STEM = "ImageClassifier"
-HEADLESS_COREML_STEM = "FeatureExtractor"
-MAX_INT8_TOP1_DROP = 1.0  # points of val top-1 ONNX int8 may lose against fp32 before the manifest warns
 
 T = TypeVar("T")
 
@@ -81,66 +49,6 @@ class _Flatten(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x).flatten(1)
-
-
-@dataclass
-class _Run:
-    """State of one export: where it writes, what to compare against, and what the manifest collects."""
-
-    out_dir: Path
-    settings: ExportSettings
-    inputs: np.ndarray
-    labels: np.ndarray
-    threads: int
-    classes: list[str]
-    data_config: DataConfig
-    artifacts: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    errors: list[dict[str, str]] = field(default_factory=list)
-
-    def guard(self, what: str) -> AbstractContextManager[None]:
-        """Record an exception from the block as an error of `what` instead of aborting the export."""
-        return record_errors(self.errors, "artifact", what)
-
-    def fail(self, what: str, problems: list[str]) -> None:
-        for problem in problems:
-            log.error("export: %s", problem)
-            self.errors.append({"artifact": what, "error": problem})
-
-    def skip(self, name: str, reason: str) -> None:
-        log.info("export: skipping %s: %s", name, reason)
-        self.skipped.append({"name": name, "reason": reason})
-
-    def add(self, path: Path, *, format: str, precision: str, kind: str = "classifier", **extra: Any) -> dict:
-        entry = artifact_entry(path, self.out_dir, format=format, precision=precision, kind=kind)
-        entry.update(extra)
-        self.artifacts.append(entry)
-        return entry
-
-    def verify(
-        self,
-        entry: dict,
-        predict: Predict,
-        reference: np.ndarray,
-        *,
-        classifier: bool = True,
-        fp32: bool = False,
-    ) -> np.ndarray:
-        """Run the artifact on the val images, store its figures in `entry`; fp32 ones must match PyTorch."""
-        outputs, stats = evaluate(
-            predict,
-            self.inputs,
-            reference,
-            self.labels if classifier else None,
-            runs=self.settings.latency_runs,
-            warmup=self.settings.latency_warmup,
-            threads=self.threads,
-        )
-        if fp32:
-            self.fail(entry["name"], fp32_problems(entry["name"], stats, reference))
-        entry.update(stats)
-        return outputs
 
 
 def export_all(model: nn.Module, *, out_dir: Path, **kwargs: Any) -> dict:
@@ -180,54 +88,46 @@ def _export_into(
     Raises ValueError for an invalid `cfg` before anything is written.
     """
     settings = ExportSettings.from_config(cfg)
-    if "coreml" in settings.formats:
-        from trainer.export.coreml import deployment_target
-
-        deployment_target(settings.deployment_target)
     model = copy.deepcopy(model).cpu().eval()
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
 
     samples = _spread(val_samples, settings.max_images)
     inputs, kept, unreadable = load_inputs([path for path, _ in samples], data_config)
-    run = _Run(
+    predict = torch_predictor(model)
+    job = ExportJob(
+        model=model,
+        classes=list(classes),
+        data_config=data_config,
         out_dir=out_dir,
         settings=settings,
         inputs=inputs,
         labels=np.asarray([samples[i][1] for i in kept], dtype=np.int64),
+        reference=run_batches(predict, inputs),
+        example=torch.from_numpy(inputs[:1]) if len(inputs) else torch.randn(1, 3, image_size, image_size),
+        user_metadata={
+            "resolution": image_size,
+            "mean": list(mean),
+            "std": list(std),
+            "preprocess": data_config.to_dict(),
+            **metadata,
+        },
+        read_calibration=lambda: load_inputs(
+            _spread(calibration_paths, settings.calibration_images), data_config
+        )[0],
         threads=torch.get_num_threads(),
-        classes=list(classes),
-        data_config=data_config,
     )
     if not len(inputs):
-        run.warnings.append("no readable val images: the artifacts were exported but not verified")
-    needs_calibration = ("onnx" in settings.formats and settings.onnx_int8) or (
-        "coreml" in settings.formats and "w8a8" in settings.coreml_quantize
-    )
-    calibration = (
-        load_inputs(_spread(calibration_paths, settings.calibration_images), data_config)[0]
-        if needs_calibration
-        else inputs[:0]
-    )
+        job.warnings.append("no readable val images: the artifacts were exported but not verified")
 
-    predict = torch_predictor(model)
-    reference = run_batches(predict, inputs)
-    example = torch.from_numpy(inputs[:1]) if len(inputs) else torch.randn(1, 3, image_size, image_size)
-    user_metadata = {
-        "resolution": image_size,
-        "mean": list(mean),
-        "std": list(std),
-        "preprocess": data_config.to_dict(),
-        **metadata,
-    }
-
-    if "torchscript" in settings.formats:
-        _torchscript(run, model, example, reference)
-    if "onnx" in settings.formats:
-        _onnx(run, model, example, reference, calibration)
-    if "coreml" in settings.formats:
-        _coreml(run, model, classes, image_size, mean, std, reference, calibration, user_metadata)
+    chosen = [row for name, row in FORMATS.items() if name in settings.formats]
+    for row in chosen:
+        reason = row.missing()
+        if reason:
+            job.skip(row.name, reason)
+        else:
+            row.impl().export(job)
     if settings.headless:
-        _headless(run, headless, example, image_size, mean, std, user_metadata)
+        _headless(job, headless, [row for row in chosen if row.headless and not row.missing()])
 
     manifest: dict[str, Any] = {
         "classes": list(classes),
@@ -242,27 +142,27 @@ def _export_into(
         "metadata": metadata,
         "val_images": len(inputs),
         "unreadable_images": unreadable,
-        "pytorch_val_top1": top1(reference, run.labels),
+        "pytorch_val_top1": top1(job.reference, job.labels),
         "pytorch_latency_ms": (
             latency_ms(predict, inputs[:1], settings.latency_runs, settings.latency_warmup)
             if len(inputs)
             else None
         ),
-        "threads": run.threads,
-        "artifacts": run.artifacts,
-        "skipped": run.skipped,
-        "warnings": run.warnings,
-        "errors": run.errors,
+        "threads": job.threads,
+        "artifacts": job.artifacts,
+        "skipped": job.skipped,
+        "warnings": job.warnings,
+        "errors": job.errors,
         "handoff": [],
         "versions": {p: _version(p) for p in ("torch", "onnx", "onnxruntime", "coremltools")},
     }
-    with run.guard("handoff files"):
+    with job.guard("handoff files"):
         manifest["handoff"].append(write_labels(out_dir, classes))
-        package = swift_package(run.artifacts)
+        package = swift_package(job.artifacts)
         if package:
             manifest["handoff"].append(write_swift(out_dir, package, data_config))
         else:
-            run.skip("Classifier.swift", "no Core ML classifier was exported")
+            job.skip("Classifier.swift", "no Core ML classifier was exported")
         manifest["handoff"].append(CARD_NAME)
         write_model_card(out_dir, manifest)
     write_manifest(out_dir, manifest)
@@ -276,207 +176,12 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _torchscript(run: _Run, model: nn.Module, example: torch.Tensor, reference: np.ndarray) -> None:
-    path = run.out_dir / TORCHSCRIPT_NAME
-    with run.guard("torchscript"):
-        export_torchscript(model, example, path)
-        entry = run.add(path, format="torchscript", precision="fp32")
-        run.verify(entry, torch_predictor(load_torchscript(path)), reference, fp32=True)
-    if not run.settings.torchscript_lite:
-        return
-    reason = lite_unavailable_reason() or (None if path.exists() else "the TorchScript export failed")
-    if reason:
-        run.skip("torchscript_lite", reason)
-        return
-    with run.guard("torchscript_lite"):
-        lite = run.out_dir / LITE_NAME
-        export_lite(path, lite)
-        entry = run.add(lite, format="torchscript_lite", precision="fp32")
-        run.verify(entry, torch_predictor(load_lite(lite)), reference, fp32=True)
-
-
-def _onnx(
-    run: _Run, model: nn.Module, example: torch.Tensor, reference: np.ndarray, calibration: np.ndarray
-) -> None:
-    path = run.out_dir / ONNX_NAME
-    metadata = onnx_metadata(run.classes, run.data_config, run.settings)
-    fp32_outputs = None
-    with run.guard("onnx_fp32"):
-        info = export_onnx(model, example, path, opset=run.settings.onnx_opset, metadata=metadata)
-        entry = run.add(path, format="onnx", precision="fp32", **info)
-        fp32_outputs = run.verify(entry, onnx_predictor(path, run.threads), reference, fp32=True)
-    if not run.settings.onnx_int8:
-        return
-    if fp32_outputs is None:
-        run.skip("onnx_int8", "the ONNX fp32 export failed")
-        return
-    with run.guard("onnx_int8"):
-        int8_path = run.out_dir / ONNX_INT8_NAME
-        quantize_int8(path, int8_path, calibration, metadata=metadata)
-        recipe = "static QDQ: per-channel int8 weights (7-bit range), uint8 activations, min/max calibration"
-        entry = run.add(
-            int8_path,
-            format="onnx",
-            precision="int8",
-            quantization=recipe,
-            calibration_images=len(calibration),
-        )
-        outputs = run.verify(entry, onnx_predictor(int8_path, run.threads), reference)
-        fp32_top1, int8_top1 = top1(fp32_outputs, run.labels), top1(outputs, run.labels)
-        if fp32_top1 is not None and int8_top1 is not None:
-            entry["top1_agreement_vs_fp32"] = float((fp32_outputs.argmax(1) == outputs.argmax(1)).mean())
-            entry["top1_drop_vs_fp32"] = round(100.0 * (fp32_top1 - int8_top1), 3)
-            if entry["top1_drop_vs_fp32"] > MAX_INT8_TOP1_DROP:
-                run.warnings.append(
-                    f"onnx_int8 loses {entry['top1_drop_vs_fp32']:.2f} points of val top-1 against fp32 "
-                    f"(> {MAX_INT8_TOP1_DROP})"
-                )
-
-
-def _coreml(
-    run: _Run,
-    model: nn.Module,
-    classes: list[str],
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    reference: np.ndarray,
-    calibration: np.ndarray,
-    user_metadata: dict[str, Any],
-) -> None:
-    from trainer.export import coreml
-
-    norm = coreml.ImageNormalization.from_stats(mean, std)
-    target = run.settings.deployment_target
-    bases: dict[str, Any] = {}
-
-    def base(precision: str) -> Any:
-        """The converted model at `precision`, converted once (None once it failed)."""
-        if precision not in bases:
-            bases[precision] = None
-            with run.guard(f"coreml_{precision} conversion"):
-                bases[precision] = coreml.convert(
-                    model,
-                    image_size=image_size,
-                    norm=norm,
-                    classes=classes,
-                    target_name=target,
-                    precision=precision,
-                )
-        return bases[precision]
-
-    for variant in run.settings.coreml_quantize:
-        name = f"coreml_{variant}"
-        reason = coreml.w8a8_skip_reason(target) if variant == "w8a8" else None
-        if reason:
-            run.skip(name, reason)
-            continue
-        precision = "fp32" if variant == "fp32" else "fp16"
-        if base(precision) is None:
-            run.skip(name, f"the Core ML {precision} conversion failed")
-            continue
-        with run.guard(name):
-            mlmodel = base(precision)
-            if variant not in ("fp32", "fp16"):
-                mlmodel = coreml.compress(mlmodel, variant, coreml.to_pixels(calibration, mean, std))
-            path = run.out_dir / f"{COREML_STEM}_{variant}.mlpackage"
-            coreml.save(mlmodel, path, settings=run.settings, user_metadata=user_metadata, classifier=True)
-            entry = run.add(path, format="coreml", precision=variant, minimum_deployment_target=target)
-            entry["weights_bytes"] = coreml.weights_bytes(path)
-            limit = coreml.max_weight_ratio(variant)
-            if limit is not None:
-                ratio = entry["weights_bytes"] / coreml.in_memory_weights_bytes(base("fp16"))
-                entry["weights_ratio_vs_fp16"] = round(ratio, 4)
-                if ratio > limit:
-                    run.fail(name, [f"{name}: weights are {ratio:.3f}x the fp16 size (limit {limit:.3f}x)"])
-            run.fail(
-                name,
-                coreml.check_spec(
-                    path,
-                    image_size=image_size,
-                    norm=norm,
-                    classes=classes,
-                    user_metadata_keys=list(user_metadata),
-                ),
-            )
-            _verify_coreml(run, entry, path, classes, mean, std, softmax(reference))
-
-
-def _headless(
-    run: _Run,
-    headless: nn.Module | None,
-    example: torch.Tensor,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    user_metadata: dict[str, Any],
-) -> None:
+def _headless(job: ExportJob, headless: nn.Module | None, rows: list[Format]) -> None:
+    """The feature extractor in each chosen format that offers one, checked against PyTorch's embeddings."""
     if headless is None:
-        run.fail("headless", ["export.headless is true but no feature-extractor module was passed"])
+        job.fail("headless", ["export.headless is true but no feature-extractor module was passed"])
         return
     extractor = _Flatten(copy.deepcopy(headless).cpu()).eval()
-    reference = run_batches(torch_predictor(extractor), run.inputs)
-    if "onnx" in run.settings.formats:
-        with run.guard("headless_onnx_fp32"):
-            path = run.out_dir / HEADLESS_ONNX_NAME
-            info = export_onnx(
-                extractor,
-                example,
-                path,
-                opset=run.settings.onnx_opset,
-                output_name="embedding",
-                metadata=onnx_metadata(None, run.data_config, run.settings),
-            )
-            entry = run.add(path, format="onnx", precision="fp32", kind="embedding", **info)
-            run.verify(entry, onnx_predictor(path, run.threads), reference, classifier=False, fp32=True)
-    if "coreml" in run.settings.formats:
-        from trainer.export import coreml
-
-        with run.guard("headless_coreml_fp16"):
-            norm = coreml.ImageNormalization.from_stats(mean, std)
-            target = run.settings.deployment_target
-            mlmodel = coreml.convert(
-                extractor,
-                image_size=image_size,
-                norm=norm,
-                classes=None,
-                target_name=target,
-                precision="fp16",
-            )
-            path = run.out_dir / f"{HEADLESS_COREML_STEM}_fp16.mlpackage"
-            coreml.save(mlmodel, path, settings=run.settings, user_metadata=user_metadata, classifier=False)
-            entry = run.add(
-                path, format="coreml", precision="fp16", kind="embedding", minimum_deployment_target=target
-            )
-            run.fail(
-                entry["name"],
-                coreml.check_spec(
-                    path,
-                    image_size=image_size,
-                    norm=norm,
-                    classes=None,
-                    user_metadata_keys=list(user_metadata),
-                ),
-            )
-            _verify_coreml(run, entry, path, None, mean, std, reference)
-
-
-def _verify_coreml(
-    run: _Run,
-    entry: dict,
-    path: Path,
-    classes: list[str] | None,
-    mean: Sequence[float],
-    std: Sequence[float],
-    reference: np.ndarray,
-) -> None:
-    """Predict with Core ML where it runs (macOS, compared in probability space); elsewhere say why not."""
-    from trainer.export import coreml
-
-    if sys.platform != "darwin":
-        entry.update(
-            {"val_top1": None, "top1_agreement": None, "latency_ms": None, "reason": coreml.NOT_MACOS_REASON}
-        )
-        return
-    predict = coreml.coreml_predictor(path, classes=classes, mean=mean, std=std)
-    run.verify(entry, predict, reference, classifier=classes is not None)
+    reference = run_batches(torch_predictor(extractor), job.inputs)
+    for row in rows:
+        row.impl().export_headless(job, extractor, reference)

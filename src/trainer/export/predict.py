@@ -1,4 +1,4 @@
-"""trainer-predict: top-k classes for photos with an exported model (ONNX, TorchScript; Core ML on macOS).
+"""trainer-predict: top-k classes for photos with an exported model of any format in export/formats.py.
 
 Preprocessing (the run's data config: resize, crop, mean/std) and the class names come from the manifest.json
 beside the artifact, so the command needs nothing but the export folder, and images are decoded and
@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from trainer.data.data_config import DataConfig
 from trainer.data.images import check_image
+from trainer.export.formats import RuntimeUnavailable, by_suffix, suffix_formats
 from trainer.export.manifest import MANIFEST_NAME
-from trainer.export.verify import Predict, load_inputs, softmax, torch_predictor
+from trainer.export.verify import Predict, load_inputs, softmax
 
 EXIT_USAGE = 2
 
@@ -69,35 +69,18 @@ def preprocess_images(images: Sequence[Path], manifest: dict[str, Any]) -> np.nd
 
 
 def load_predictor(artifact: Path, manifest: dict[str, Any]) -> tuple[Predict, bool]:
-    """A predictor for `artifact`, and whether it returns probabilities (Core ML) rather than logits."""
-    suffix = artifact.suffix.lower()
+    """A predictor for `artifact` (any format of the table), and whether it returns probabilities rather
+    than logits. Raises RuntimeUnavailable where this machine cannot run the format."""
+    row = by_suffix(artifact)
+    if row is None:
+        expected = ", ".join(suffix_formats())
+        raise PredictError(f"{artifact}: unsupported artifact type '{artifact.suffix}' (expected {expected})")
     try:
-        if suffix == ".onnx":
-            from trainer.export.onnx import onnx_predictor
-
-            return onnx_predictor(artifact, torch.get_num_threads()), False
-        if suffix == ".ptl":
-            from trainer.export.torchscript import load_lite
-
-            return torch_predictor(load_lite(artifact)), False
-        if suffix == ".pt":
-            from trainer.export.torchscript import load_torchscript
-
-            return torch_predictor(load_torchscript(artifact)), False
-        if suffix == ".mlpackage":
-            if sys.platform != "darwin":
-                raise PredictError(f"{artifact}: Core ML models run only on macOS; use the .onnx or .pt here")
-            from trainer.export.coreml import coreml_predictor
-
-            prep = data_config(manifest)
-            return coreml_predictor(artifact, classes=manifest["classes"], mean=prep.mean, std=prep.std), True
-    except PredictError:
+        return row.impl().load(artifact, manifest), row.probabilities
+    except RuntimeUnavailable:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure means the artifact is unusable
         raise PredictError(f"cannot load {artifact}: {_first_line(exc)}") from exc
-    raise PredictError(
-        f"{artifact}: unsupported artifact type '{suffix}' (expected .onnx, .pt, .ptl, .mlpackage)"
-    )
 
 
 def predict_images(
@@ -111,7 +94,10 @@ def predict_images(
         reason = check_image(image)
         if reason:
             raise PredictError(f"cannot read image {image}: {reason}")
-    predict, gives_probabilities = load_predictor(artifact, manifest)
+    try:
+        predict, gives_probabilities = load_predictor(artifact, manifest)
+    except RuntimeUnavailable as exc:
+        raise PredictError(f"{artifact}: {exc}") from exc
     batch = preprocess_images(images, manifest)
     try:
         scores = np.asarray(predict(batch), dtype=np.float32).reshape(len(images), -1)
@@ -131,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="trainer-predict", description="Print the top-k classes of photos with an exported model."
     )
-    parser.add_argument("--artifact", required=True, type=Path, help="model.onnx, *.pt, *.ptl or *.mlpackage")
+    parser.add_argument(
+        "--artifact", required=True, type=Path, help=f"an exported model ({', '.join(suffix_formats())})"
+    )
     parser.add_argument("images", nargs="+", type=Path, help="photos to classify")
     parser.add_argument(
         "--top-k", type=int, default=3, help="how many classes to print per image (default 3)"

@@ -18,8 +18,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import trainer
+from trainer.export.formats import FORMATS, unknown_formats_message
 
-FORMATS = ("torchscript", "onnx", "coreml")
 PALETTE_BITS = (1, 2, 3, 4, 6, 8)
 _PALETTIZE = re.compile(r"palettize(\d+)")
 LICENSE_UNSET = "unspecified (set export.license)"
@@ -115,7 +115,7 @@ class ExportSettings:
         """Raise ValueError naming the first bad setting."""
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
-            raise ValueError(f"export.formats: unknown {unknown}; choose from {list(FORMATS)}")
+            raise ValueError(unknown_formats_message(unknown))
         for variant in self.coreml_quantize:
             bits = palette_bits(variant)
             if variant not in ("fp32", "fp16", "int8", "w8a8") and bits is None:
@@ -125,6 +125,10 @@ class ExportSettings:
                 )
             if bits is not None and bits not in PALETTE_BITS:
                 raise ValueError(f"export.coreml.quantize: {variant}: N must be one of {PALETTE_BITS}")
+        if "coreml" in self.formats:
+            from trainer.export.coreml import deployment_target  # coremltools loads only when wanted
+
+            deployment_target(self.deployment_target)
         if self.latency_runs < 1 or self.latency_warmup < 0:
             raise ValueError("export.latency: runs must be >= 1 and warmup >= 0")
         if self.calibration_images < 1:

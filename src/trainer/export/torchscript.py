@@ -1,4 +1,7 @@
-"""TorchScript export: a traced eval-mode model, and optionally the mobile lite-interpreter file."""
+"""TorchScript export: a traced eval-mode model, and optionally the mobile lite-interpreter file.
+
+The `torchscript` row of the format table (formats.py); both files take normalized NCHW input, output logits.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,17 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from trainer.export.job import ExportJob
 from trainer.export.manifest import atomic_output
+from trainer.export.verify import Predict, torch_predictor
+
+FP32_NAME = "model_torchscript.pt"
+LITE_NAME = "model_mobile.ptl"
 
 
 @contextmanager
@@ -63,3 +72,28 @@ def load_lite(path: Path):
     from torch.jit.mobile import _load_for_lite_interpreter
 
     return _load_for_lite_interpreter(str(path))
+
+
+def export(job: ExportJob) -> None:
+    """model_torchscript.pt, and model_mobile.ptl with torchscript.lite; both must match PyTorch."""
+    path = job.out_dir / FP32_NAME
+    with job.guard("torchscript"):
+        export_torchscript(job.model, job.example, path)
+        entry = job.add(path, format="torchscript", precision="fp32")
+        job.verify(entry, torch_predictor(load_torchscript(path)), job.reference, fp32=True)
+    if not job.settings.torchscript_lite:
+        return
+    reason = lite_unavailable_reason() or (None if path.exists() else "the TorchScript export failed")
+    if reason:
+        job.skip("torchscript_lite", reason)
+        return
+    with job.guard("torchscript_lite"):
+        lite = job.out_dir / LITE_NAME
+        export_lite(path, lite)
+        entry = job.add(lite, format="torchscript_lite", precision="fp32")
+        job.verify(entry, torch_predictor(load_lite(lite)), job.reference, fp32=True)
+
+
+def load(path: Path, manifest: dict[str, Any]) -> Predict:
+    """A predictor for a .pt (TorchScript) or .ptl (lite interpreter) file."""
+    return torch_predictor(load_lite(path) if path.suffix.lower() == ".ptl" else load_torchscript(path))

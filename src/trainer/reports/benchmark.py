@@ -41,10 +41,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trainer.cli import CONFIG_DIR, exit_on_user_error
+from trainer.export import onnx as onnx_format
+from trainer.export import torchscript as torchscript_format
 from trainer.export.checkpoint import load_checkpoint
+from trainer.export.formats import RuntimeUnavailable, suffix_formats
 from trainer.export.manifest import MANIFEST_NAME, record_errors, size_bytes
 from trainer.export.onnx import export_onnx, onnx_predictor, quantize_int8
-from trainer.export.pipeline import ONNX_INT8_NAME, ONNX_NAME, TORCHSCRIPT_NAME
 from trainer.export.predict import load_predictor
 from trainer.export.torchscript import export_torchscript, load_torchscript
 from trainer.export.verify import Predict, latency_ms, torch_predictor
@@ -56,12 +58,6 @@ from trainer.training.run import apply_cpu_threads, write_json
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM_CLASSES = 1000
-ARTIFACT_SUFFIXES = {
-    ".pt": "torchscript",
-    ".ptl": "torchscript_lite",
-    ".onnx": "onnx",
-    ".mlpackage": "coreml",
-}
 RUNTIMES = ("pytorch", "torchscript", "onnx", "onnx_int8")
 Candidate = tuple[str, Path | None, Callable[[], Predict]]  # runtime name, its file (None: eager), its loader
 
@@ -223,20 +219,21 @@ def artifacts_subject(folder: Path, source_run: Path | None, image_size: int) ->
     benchmark's own artifacts), then the manifest; the resolution from those, an ONNX graph, or `image_size`.
     """
     manifest = read_json(folder / MANIFEST_NAME)
+    suffixes = suffix_formats()
     if manifest:
         entries = [{**e, "file": folder / e["path"]} for e in manifest.get("artifacts", [])]
     else:
         entries = [
             {
-                "format": ARTIFACT_SUFFIXES[p.suffix],
+                "format": suffixes[p.suffix],
                 "precision": "int8" if "int8" in p.stem else "fp32",
                 "file": p,
             }
             for p in sorted(folder.iterdir())
-            if p.suffix in ARTIFACT_SUFFIXES
+            if p.suffix in suffixes
         ]
     if not entries:
-        raise ValueError(f"{folder} holds no model files ({', '.join(ARTIFACT_SUFFIXES)})")
+        raise ValueError(f"{folder} holds no model files ({', '.join(suffixes)})")
     metrics: dict[str, Any] = {}
     if source_run:
         metrics = read_json(source_run / METRICS_NAME) or read_json(source_run / BENCHMARK_NAME)
@@ -274,10 +271,10 @@ def _export_runtimes(
         found.append(("pytorch_fp32", None, lambda: torch_predictor(model)))
     if "torchscript" in wanted:
         with outcome.guard("torchscript_fp32"):
-            path = out_dir / TORCHSCRIPT_NAME
+            path = out_dir / torchscript_format.FP32_NAME
             export_torchscript(model, example, path)
             found.append(("torchscript_fp32", path, lambda: torch_predictor(load_torchscript(path))))
-    onnx_path, onnx_exported = out_dir / ONNX_NAME, False
+    onnx_path, onnx_exported = out_dir / onnx_format.FP32_NAME, False
     if "onnx" in wanted or "onnx_int8" in wanted:
         with outcome.guard("onnx_fp32"):
             export_onnx(model, example, onnx_path, opset=None)
@@ -288,7 +285,7 @@ def _export_runtimes(
         outcome.skipped.append({"runtime": "onnx_int8", "reason": "the ONNX fp32 export failed"})
     elif "onnx_int8" in wanted:
         with outcome.guard("onnx_int8"):
-            int8_path = out_dir / ONNX_INT8_NAME
+            int8_path = out_dir / onnx_format.INT8_NAME
             generator = torch.Generator().manual_seed(0)
             images = torch.randn(calibration_images, 3, image_size, image_size, generator=generator).numpy()
             quantize_int8(onnx_path, int8_path, images)
@@ -296,16 +293,16 @@ def _export_runtimes(
     return found
 
 
-def _artifact_runtimes(subject: Subject, outcome: Outcome) -> list[Candidate]:
-    """(runtime, file, loader) for each artifact, loaded as trainer-predict loads it (Core ML: macOS only)."""
-    found = []
-    for entry in subject.artifacts:
-        name, file = runtime_key(entry), entry["file"]
-        if file.suffix == ".mlpackage" and sys.platform != "darwin":
-            outcome.skipped.append({"runtime": name, "reason": "Core ML models run only on macOS"})
-            continue
-        found.append((name, file, lambda file=file: load_predictor(file, subject.manifest)[0]))
-    return found
+def _artifact_runtimes(subject: Subject) -> list[Candidate]:
+    """(runtime, file, loader) for each artifact, loaded as trainer-predict loads it."""
+    return [
+        (
+            runtime_key(entry),
+            entry["file"],
+            lambda file=entry["file"]: load_predictor(file, subject.manifest)[0],
+        )
+        for entry in subject.artifacts
+    ]
 
 
 def _measure(
@@ -319,7 +316,12 @@ def _measure(
     sample = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size), dtype=np.float32)
     for name, file, load in candidates:
         with outcome.guard(name):
-            figures = time_predictor(load(), sample, runs, warmup)
+            try:
+                predict = load()
+            except RuntimeUnavailable as exc:  # e.g. Core ML off macOS: not this artifact's fault
+                outcome.skipped.append({"runtime": name, "reason": str(exc)})
+                continue
+            figures = time_predictor(predict, sample, runs, warmup)
             entry = {"path": str(file) if file else None, "size_bytes": size_bytes(file) if file else None}
             outcome.runtimes[name] = {**entry, **figures}
             log.info(
@@ -363,7 +365,7 @@ def run_benchmark(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             outcome,
         )
     else:
-        candidates = _artifact_runtimes(subject, outcome)
+        candidates = _artifact_runtimes(subject)
     _measure(candidates, image_size, runs, warmup, outcome)
     result: dict[str, Any] = {
         "mode": subject.mode,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.export.formats import manifest_format_order
 from trainer.reports.collect import BENCHMARK, OK, Run
 
 LATENCY_PREFIX = "latency_ms_"
@@ -19,7 +20,7 @@ SIZE_PREFIX = "size_mb_"
 IDENTITY_COLUMNS = ["run", "status", "backbone", "alpha", "resolution", "variant", "dataset"]
 FIGURE_COLUMNS = ["mmacs", "mparams", "top1", "top5"]
 TAIL_COLUMNS = ["int8_top1_drop", "train_s", "epochs", "pareto", "export_errors", "error"]
-_FORMAT_ORDER = ["pytorch", "torchscript", "torchscript_lite", "onnx", "coreml"]
+_FORMAT_ORDER = ["pytorch", *manifest_format_order()]  # eager first, then the export table's order
 _PRECISION_ORDER = ["fp32", "fp16", "int8"]
 
 
@@ -37,7 +38,7 @@ def runtime_key(entry: dict[str, Any]) -> str:
 
 
 def _runtime_rank(key: str) -> tuple[int, int, str]:
-    """Order runtime columns eager -> TorchScript -> ONNX -> Core ML, fp32 before fp16 before int8."""
+    """Order runtime columns eager, then as the format table, fp32 before fp16 before int8."""
     fmt, _, precision = key.rpartition("_")
     fmt_rank = _FORMAT_ORDER.index(fmt) if fmt in _FORMAT_ORDER else len(_FORMAT_ORDER)
     prec_rank = _PRECISION_ORDER.index(precision) if precision in _PRECISION_ORDER else len(_PRECISION_ORDER)

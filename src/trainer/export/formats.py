@@ -1,0 +1,130 @@
+"""The table of export formats: one row per format, read by the export pipeline, its settings,
+trainer-predict, the benchmark and the report.
+
+Each row names the module that implements the format, with the same small interface (`FormatModule`): convert
+the model to its artifacts (verifying each on the val images) and load an artifact as a predictor. The rows
+only hold data, and modules are imported when used, so reading the table costs no heavy import. Adding a
+format means adding one module and one row.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from trainer.export.job import ExportJob
+    from trainer.export.verify import Predict
+
+
+class RuntimeUnavailable(RuntimeError):
+    """This machine cannot run the format's artifacts (another OS, an extra not installed): a skip, not an
+    error of the artifact."""
+
+
+class FormatModule(Protocol):
+    """What each format module provides."""
+
+    def export(self, job: ExportJob) -> None:
+        """Write the format's artifacts of `job.model`, verify each and list it in the job (or why not)."""
+
+    def load(self, path: Path, manifest: dict[str, Any]) -> Predict:
+        """A predictor for one artifact (normalized NCHW float32 in, logits or probabilities out); raises
+        RuntimeUnavailable when this machine cannot run it."""
+
+
+class HeadlessFormatModule(FormatModule, Protocol):
+    def export_headless(self, job: ExportJob, extractor: nn.Module, reference: np.ndarray) -> None:
+        """Write and verify the feature extractor ((N, D) output) against PyTorch's `reference`."""
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str  # the name in export.formats
+    module: str  # the FormatModule that converts and loads it
+    files: dict[str, str]  # artifact file name -> the precisions it comes in
+    suffixes: dict[str, str]  # file suffix -> the manifest `format` of such an artifact
+    headless: bool = False  # also exports the feature extractor (HeadlessFormatModule)
+    probabilities: bool = False  # its predictor returns probabilities rather than logits
+    requires: tuple[str, ...] = ()  # import names of the optional packages it needs
+    extra: str | None = None  # the pip extra that installs them
+
+    def impl(self) -> Any:
+        """The format's module (a FormatModule, or HeadlessFormatModule when `headless`)."""
+        return importlib.import_module(self.module)
+
+    def missing(self) -> str | None:
+        """Why this format cannot be exported here (None when it can)."""
+        absent = [name for name in self.requires if importlib.util.find_spec(name) is None]
+        if not absent:
+            return None
+        return f'{", ".join(absent)} not installed: pip install -e ".[{self.extra}]"'
+
+    def describe(self) -> str:
+        """The name and the files it writes (with their precisions), for error messages."""
+        files = ", ".join(f"{name} ({precisions})" for name, precisions in self.files.items())
+        extra = f"; needs the [{self.extra}] extra" if self.extra else ""
+        return f"{self.name}: {files}{extra}"
+
+
+FORMATS: dict[str, Format] = {
+    row.name: row
+    for row in (
+        Format(
+            name="torchscript",
+            module="trainer.export.torchscript",
+            files={"model_torchscript.pt": "fp32", "model_mobile.ptl": "fp32, torchscript.lite=true"},
+            suffixes={".pt": "torchscript", ".ptl": "torchscript_lite"},
+        ),
+        Format(
+            name="onnx",
+            module="trainer.export.onnx",
+            files={
+                "model.onnx": "fp32",
+                "model_int8.onnx": "int8",
+                "feature_extractor.onnx": "fp32, headless",
+            },
+            suffixes={".onnx": "onnx"},
+            headless=True,
+        ),
+        Format(
+            name="coreml",
+            module="trainer.export.coreml",
+            files={
+                "ImageClassifier_<variant>.mlpackage": "fp32, fp16, int8, palettizeN, w8a8",
+                "FeatureExtractor_fp16.mlpackage": "fp16, headless",
+            },
+            suffixes={".mlpackage": "coreml"},
+            headless=True,
+            probabilities=True,
+        ),
+    )
+}
+
+
+def by_suffix(path: Path) -> Format | None:
+    """The format whose artifacts end like `path` (None for a file no format writes)."""
+    suffix = path.suffix.lower()
+    return next((row for row in FORMATS.values() if suffix in row.suffixes), None)
+
+
+def suffix_formats() -> dict[str, str]:
+    """Every artifact suffix, mapped to the manifest `format` of such a file."""
+    return {suffix: name for row in FORMATS.values() for suffix, name in row.suffixes.items()}
+
+
+def manifest_format_order() -> list[str]:
+    """The manifest `format` names in table order (report columns follow it)."""
+    return list(dict.fromkeys(suffix_formats().values()))
+
+
+def unknown_formats_message(unknown: list[str]) -> str:
+    """The error for names that are not in the table: the table itself, on one line."""
+    rows = "; ".join(row.describe() for row in FORMATS.values())
+    return f"export.formats: unknown {unknown}; the formats are {rows}"

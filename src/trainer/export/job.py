@@ -1,0 +1,121 @@
+"""ExportJob: what every format's export step gets (the model, its reference outputs on the val images, where
+to write) and what it hands back for manifest.json (artifacts with their figures, skips, warnings, errors)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.data.data_config import DataConfig
+from trainer.export.manifest import artifact_entry, record_errors
+from trainer.export.settings import ExportSettings
+from trainer.export.verify import Predict, evaluate, fp32_problems, top1
+
+log = logging.getLogger(__name__)
+
+MAX_INT8_TOP1_DROP = 1.0  # points of val top-1 an int8 artifact may lose against fp32 before a warning
+
+
+@dataclass
+class ExportJob:
+    """State of one export. Format modules add artifacts through `add` and `verify`, and report through
+    `guard` (a failing converter), `fail` (a failed check) and `skip` (not produced, with the reason)."""
+
+    model: nn.Module  # eval mode, CPU: normalized (N, 3, S, S) float input to (N, classes) logits
+    classes: list[str]
+    data_config: DataConfig  # the run's eval preprocessing
+    out_dir: Path
+    settings: ExportSettings
+    inputs: np.ndarray  # the preprocessed val images
+    labels: np.ndarray
+    reference: np.ndarray  # PyTorch's logits on `inputs`
+    example: torch.Tensor  # one input for tracing
+    user_metadata: dict[str, Any]  # what goes into the models' own metadata
+    read_calibration: Callable[[], np.ndarray]
+    threads: int
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def image_size(self) -> int:
+        return self.data_config.size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.data_config.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.data_config.std
+
+    @cached_property
+    def calibration(self) -> np.ndarray:
+        """Preprocessed training images for int8 calibration, read on first use."""
+        return self.read_calibration()
+
+    def guard(self, what: str) -> AbstractContextManager[None]:
+        """Record an exception from the block as an error of `what` instead of aborting the export."""
+        return record_errors(self.errors, "artifact", what)
+
+    def fail(self, what: str, problems: list[str]) -> None:
+        for problem in problems:
+            log.error("export: %s", problem)
+            self.errors.append({"artifact": what, "error": problem})
+
+    def skip(self, name: str, reason: str) -> None:
+        log.info("export: skipping %s: %s", name, reason)
+        self.skipped.append({"name": name, "reason": reason})
+
+    def add(self, path: Path, *, format: str, precision: str, kind: str = "classifier", **extra: Any) -> dict:
+        entry = artifact_entry(path, self.out_dir, format=format, precision=precision, kind=kind)
+        entry.update(extra)
+        self.artifacts.append(entry)
+        return entry
+
+    def verify(
+        self,
+        entry: dict,
+        predict: Predict,
+        reference: np.ndarray,
+        *,
+        classifier: bool = True,
+        fp32: bool = False,
+    ) -> np.ndarray:
+        """Run the artifact on the val images, store its figures in `entry`; fp32 ones must match PyTorch."""
+        outputs, stats = evaluate(
+            predict,
+            self.inputs,
+            reference,
+            self.labels if classifier else None,
+            runs=self.settings.latency_runs,
+            warmup=self.settings.latency_warmup,
+            threads=self.threads,
+        )
+        if fp32:
+            self.fail(entry["name"], fp32_problems(entry["name"], stats, reference))
+        entry.update(stats)
+        return outputs
+
+    def compare_int8(self, what: str, entry: dict, fp32_outputs: np.ndarray, outputs: np.ndarray) -> None:
+        """Agreement with, and top-1 drop against, the fp32 artifact; warns above MAX_INT8_TOP1_DROP."""
+        fp32_top1, int8_top1 = top1(fp32_outputs, self.labels), top1(outputs, self.labels)
+        if fp32_top1 is None or int8_top1 is None:
+            return
+        entry["top1_agreement_vs_fp32"] = float((fp32_outputs.argmax(1) == outputs.argmax(1)).mean())
+        entry["top1_drop_vs_fp32"] = round(100.0 * (fp32_top1 - int8_top1), 3)
+        if entry["top1_drop_vs_fp32"] > MAX_INT8_TOP1_DROP:
+            self.warnings.append(
+                f"{what} loses {entry['top1_drop_vs_fp32']:.2f} points of val top-1 against fp32 "
+                f"(> {MAX_INT8_TOP1_DROP})"
+            )
