@@ -107,13 +107,14 @@ class ExportJob:
         entry.update(stats)
         return outputs
 
-    def compare_int8(self, what: str, entry: dict, fp32_outputs: np.ndarray, outputs: np.ndarray) -> None:
-        """Agreement with, and top-1 drop against, the fp32 artifact; warns above MAX_INT8_TOP1_DROP."""
-        fp32_top1, int8_top1 = top1(fp32_outputs, self.labels), top1(outputs, self.labels)
-        if fp32_top1 is None or int8_top1 is None:
+    def compare_with_fp32(self, what: str, entry: dict, fp32: np.ndarray, outputs: np.ndarray) -> None:
+        """Agreement with, and top-1 drop against, the outputs `fp32` of the fp32 artifact this copies;
+        a drop above MAX_INT8_TOP1_DROP points is a warning."""
+        fp32_top1, own_top1 = top1(fp32, self.labels), top1(outputs, self.labels)
+        if fp32_top1 is None or own_top1 is None:
             return
-        entry["top1_agreement_vs_fp32"] = float((fp32_outputs.argmax(1) == outputs.argmax(1)).mean())
-        entry["top1_drop_vs_fp32"] = round(100.0 * (fp32_top1 - int8_top1), 3)
+        entry["top1_agreement_vs_fp32"] = float((fp32.argmax(1) == outputs.argmax(1)).mean())
+        entry["top1_drop_vs_fp32"] = round(100.0 * (fp32_top1 - own_top1), 3)
         if entry["top1_drop_vs_fp32"] > MAX_INT8_TOP1_DROP:
             self.warnings.append(
                 f"{what} loses {entry['top1_drop_vs_fp32']:.2f} points of val top-1 against fp32 "

@@ -217,7 +217,7 @@ def export(job: ExportJob) -> None:
             calibration_images=len(job.calibration),
         )
         outputs = job.verify(entry, onnx_predictor(int8_path, job.threads), job.reference)
-        job.compare_int8("onnx_int8", entry, fp32_outputs, outputs)
+        job.compare_with_fp32("onnx_int8", entry, fp32_outputs, outputs)
 
 
 def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray) -> None:
