@@ -1,4 +1,8 @@
-"""Export a trained checkpoint (no retraining): python scripts/export.py ckpt=.../checkpoints/best.ckpt"""
+"""Export a trained checkpoint (no retraining): python scripts/export.py ckpt=.../checkpoints/best.ckpt
+
+export.formats=[...] picks rows of the format table (src/trainer/export/formats.py); an unknown name stops the
+command before the checkpoint is loaded, with the table in the message.
+"""
 
 from trainer.cli import export
 

@@ -104,6 +104,22 @@ FORMATS: dict[str, Format] = {
             headless=True,
             probabilities=True,
         ),
+        Format(
+            name="litert",
+            module="trainer.export.litert",
+            files={"model.tflite": "fp32", "model_fp16.tflite": "fp16", "model_int8.tflite": "int8"},
+            suffixes={".tflite": "litert"},
+            requires=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
+            extra="mobile",
+        ),
+        Format(
+            name="executorch",
+            module="trainer.export.executorch",
+            files={"model.pte": "fp32", "model_int8.pte": "int8"},
+            suffixes={".pte": "executorch"},
+            requires=("executorch",),
+            extra="mobile",
+        ),
     )
 }
 

@@ -1,4 +1,5 @@
-"""What app developers receive beside the models: labels.txt, a model card (README.md), Classifier.swift.
+"""What app developers receive beside the models: labels.txt, a model card (README.md), Classifier.swift
+(Core ML through Vision) and Classifier.kt (LiteRT on Android).
 
 The app must feed the model what was measured. Every figure comes from the run's eval preprocessing (timm's
 resize to floor(size / crop_pct), then center crop); Vision's `.centerCrop` would instead keep the whole
@@ -14,11 +15,14 @@ from typing import Any
 
 from trainer.data.data_config import DataConfig
 from trainer.export.confidence import accuracy_text
+from trainer.export.job import MAX_INT8_TOP1_DROP
 from trainer.export.manifest import write_text
 
 LABELS_NAME = "labels.txt"
 CARD_NAME = "README.md"
 SWIFT_NAME = "Classifier.swift"
+KOTLIN_NAME = "Classifier.kt"
+LITERT_DEPENDENCY = "com.google.ai.edge.litert:litert:1.4.1"  # the Interpreter API, minSdk 21
 
 
 def xcode_class_name(package: str | Path) -> str:
@@ -34,6 +38,12 @@ def swift_package(artifacts: list[dict[str, Any]]) -> str | None:
     return next((a for a in packages if a["precision"] == "fp16"), packages[0] if packages else {}).get(
         "path"
     )
+
+
+def tflite_model(artifacts: list[dict[str, Any]]) -> str | None:
+    """The LiteRT classifier Classifier.kt loads by default: the fp32 model.tflite (None: none exported)."""
+    models = [a for a in artifacts if a["format"] == "litert" and a["kind"] == "classifier"]
+    return next((a for a in models if a["precision"] == "fp32"), models[0] if models else {}).get("path")
 
 
 def write_labels(out_dir: Path, classes: list[str]) -> str:
@@ -141,6 +151,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         f"- **ONNX / TorchScript**: float32 tensor `image` of shape (N, 3, {size}, {size}), RGB, "
         f"(pixel / 255 - mean) / std with mean {list(prep.mean)} and std {list(prep.std)}. Output `logits` "
         "(N, classes); apply softmax for probabilities.",
+        *_mobile_inputs(manifest),
         "",
         *_preprocessing(prep),
         "## Artifacts",
@@ -168,6 +179,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         *_trained(meta),
         "",
     ]
+    lines += _quantization_lines(manifest)
     package = swift_package(manifest["artifacts"])
     if package:
         lines += [
@@ -179,7 +191,54 @@ def model_card(manifest: dict[str, Any]) -> str:
             "Xcode's model preview accepts dragged-in photos, but crops them its own way.",
             "",
         ]
+    tflite = tflite_model(manifest["artifacts"])
+    if tflite:
+        lines += [
+            "## Using it on Android",
+            "",
+            f"Put `{tflite}` and `{LABELS_NAME}` in `app/src/main/assets`, add "
+            f'`implementation("{LITERT_DEPENDENCY}")` and `{KOTLIN_NAME}`, then '
+            "`Classifier(context).classify(bitmap)` returns the top classes with confidences. It resizes and "
+            "centre-crops the bitmap as measured above and passes raw RGB values; `model_fp16.tflite` "
+            "(half the size) and `model_int8.tflite` (a quarter) take the same input.",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _mobile_inputs(manifest: dict[str, Any]) -> list[str]:
+    """The input bullets of the Android formats, for those exported."""
+    size, formats = manifest["image_size"], {a["format"] for a in manifest["artifacts"]}
+    lines = []
+    if "litert" in formats:
+        lines.append(
+            f"- **LiteRT** (`.tflite`, all precisions alike): float32 (1, {size}, {size}, 3) NHWC, RGB, raw "
+            "0-255 values: the normalization is built into the model. Output (1, classes) logits. The "
+            "classes and mean/std are also in the model's metadata (entry `trainer`, JSON)."
+        )
+    if "executorch" in formats:
+        lines.append(
+            f"- **ExecuTorch** (`.pte`, XNNPACK delegate): float32 (1, 3, {size}, {size}) NCHW, normalized "
+            "as for ONNX. Output (1, classes) logits."
+        )
+    return lines
+
+
+def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
+    """How each quantized copy fared against its own fp32 model on the val images (gate: 1 point)."""
+    rows = [a for a in manifest["artifacts"] if a.get("top1_drop_vs_fp32") is not None]
+    if not rows:
+        return []
+    lines = ["## Quantization on these images", ""]
+    for a in rows:
+        drop = a["top1_drop_vs_fp32"]
+        verdict = "within" if drop <= MAX_INT8_TOP1_DROP else "**over**"
+        agreement = _pct(a.get("top1_agreement_vs_fp32"))
+        lines.append(
+            f"- `{a['path']}`: {drop:+.1f} points of val top-1 lost against fp32 ({verdict} the "
+            f"{MAX_INT8_TOP1_DROP:g}-point gate), top-1 agreement with fp32 {agreement}."
+        )
+    return [*lines, ""]
 
 
 def write_model_card(out_dir: Path, manifest: dict[str, Any]) -> str:
@@ -313,3 +372,108 @@ extension CGImagePropertyOrientation {{
 def write_swift(out_dir: Path, package: str, prep: DataConfig) -> str:
     write_text(out_dir / SWIFT_NAME, swift_classifier(package, prep))
     return SWIFT_NAME
+
+
+def _kotlin_resize(prep: DataConfig) -> str:
+    """Kotlin that scales `bitmap` as the measured eval transform's resize did."""
+    filtered = "false" if prep.interpolation == "nearest" else "true"
+    side = prep.resize_size
+    if prep.crop_mode == "squash":
+        return f"""        return Bitmap.createScaledBitmap(bitmap, {side}, {side}, {filtered})"""
+    return f"""        // Shorter side to {prep.resize_size} px, longer side scaled alike, truncated
+        val short = minOf(bitmap.width, bitmap.height)
+        val long = (maxOf(bitmap.width, bitmap.height).toLong() * {prep.resize_size} / short).toInt()
+        val wide = bitmap.width > bitmap.height
+        val (width, height) = if (wide) long to {prep.resize_size} else {prep.resize_size} to long
+        return Bitmap.createScaledBitmap(bitmap, width, height, {filtered})"""
+
+
+def kotlin_classifier(model: str, prep: DataConfig) -> str:
+    """Classifier.kt: classifies an upright Android Bitmap with the LiteRT Interpreter and the measured
+    preprocessing: the eval resize and centre crop, then raw RGB 0-255 floats in NHWC order (the model
+    normalizes them itself)."""
+    size = prep.size
+    filter_note = (
+        ""
+        if prep.interpolation in ("bilinear", "nearest")
+        else f"\n// The evaluation resized with {prep.interpolation}; Android's filter is bilinear."
+    )
+    return f"""// {KOTLIN_NAME}: generated by trainer for {model}.
+// Put {model} and {LABELS_NAME} into app/src/main/assets and add to the app's build.gradle.kts:
+//     implementation("{LITERT_DEPENDENCY}")
+// model_fp16.tflite and model_int8.tflite, where exported, take the same input: pass their name.{filter_note}
+import android.content.Context
+import android.graphics.Bitmap
+import java.io.FileInputStream
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import java.nio.channels.FileChannel
+import kotlin.math.exp
+import kotlin.math.rint
+import org.tensorflow.lite.Interpreter
+
+/**
+ * Classifies photos as they were measured at export: {prep.describe()}. The model applies mean/std
+ * itself. Pass an upright bitmap (apply the photo's EXIF orientation first), as the val images were.
+ */
+class Classifier(
+    context: Context,
+    modelAsset: String = "{model}",
+    threads: Int = 4,
+) : AutoCloseable {{
+    data class Prediction(val label: String, val confidence: Float)
+
+    private val labels =
+        context.assets.open("{LABELS_NAME}").bufferedReader().readLines().filter {{ it.isNotBlank() }}
+    private val interpreter = Interpreter(
+        context.assets.openFd(modelAsset).use {{ fd ->
+            FileInputStream(fd.fileDescriptor).channel.map(
+                FileChannel.MapMode.READ_ONLY, fd.startOffset, fd.declaredLength
+            )
+        }},
+        Interpreter.Options().setNumThreads(threads),
+    )
+
+    /** The `topK` most likely classes, best first. Runs synchronously: call it off the main thread. */
+    fun classify(bitmap: Bitmap, topK: Int = 3): List<Prediction> {{
+        val logits = Array(1) {{ FloatArray(labels.size) }}
+        interpreter.run(pixels(centerCrop(resize(bitmap))), logits)
+        val top = logits[0].maxOrNull() ?: 0f
+        val weights = logits[0].map {{ exp(it - top) }}
+        val total = weights.sum()
+        return weights.indices.sortedByDescending {{ weights[it] }}.take(topK)
+            .map {{ Prediction(labels[it], weights[it] / total) }}
+    }}
+
+    override fun close() = interpreter.close()
+
+    private fun resize(bitmap: Bitmap): Bitmap {{
+{_kotlin_resize(prep)}
+    }}
+
+    /** The centre {size}x{size} pixels; offsets rounded half to even, as torchvision's center_crop. */
+    private fun centerCrop(bitmap: Bitmap): Bitmap {{
+        val left = rint((bitmap.width - {size}) / 2.0).toInt()
+        val top = rint((bitmap.height - {size}) / 2.0).toInt()
+        return Bitmap.createBitmap(bitmap, left, top, {size}, {size})
+    }}
+
+    /** float32 NHWC (1, {size}, {size}, 3): raw R, G, B values 0-255; the model normalizes them. */
+    private fun pixels(bitmap: Bitmap): ByteBuffer {{
+        val argb = IntArray({size} * {size})
+        bitmap.getPixels(argb, 0, {size}, 0, 0, {size}, {size})
+        val buffer = ByteBuffer.allocateDirect(4 * 3 * argb.size).order(ByteOrder.nativeOrder())
+        for (pixel in argb) {{
+            buffer.putFloat(((pixel shr 16) and 0xFF).toFloat())
+            buffer.putFloat(((pixel shr 8) and 0xFF).toFloat())
+            buffer.putFloat((pixel and 0xFF).toFloat())
+        }}
+        return buffer.rewind() as ByteBuffer
+    }}
+}}
+"""
+
+
+def write_kotlin(out_dir: Path, model: str, prep: DataConfig) -> str:
+    write_text(out_dir / KOTLIN_NAME, kotlin_classifier(model, prep))
+    return KOTLIN_NAME

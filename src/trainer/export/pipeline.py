@@ -22,13 +22,23 @@ from torch import nn
 
 from trainer.data.data_config import DataConfig
 from trainer.export.formats import FORMATS, Format
-from trainer.export.handoff import CARD_NAME, swift_package, write_labels, write_model_card, write_swift
+from trainer.export.handoff import (
+    CARD_NAME,
+    swift_package,
+    tflite_model,
+    write_kotlin,
+    write_labels,
+    write_model_card,
+    write_swift,
+)
 from trainer.export.job import ExportJob
 from trainer.export.manifest import MANIFEST_NAME, staged_folder, write_manifest
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import latency_ms, load_inputs, run_batches, top1, torch_predictor
 
 log = logging.getLogger(__name__)
+
+BASE_PACKAGES = ["torch", "onnx", "onnxruntime", "coremltools"]  # versions listed in every manifest
 
 T = TypeVar("T")
 
@@ -154,7 +164,7 @@ def _export_into(
         "warnings": job.warnings,
         "errors": job.errors,
         "handoff": [],
-        "versions": {p: _version(p) for p in ("torch", "onnx", "onnxruntime", "coremltools")},
+        "versions": {p: _version(p) for p in BASE_PACKAGES + [p for row in chosen for p in row.requires]},
     }
     with job.guard("handoff files"):
         manifest["handoff"].append(write_labels(out_dir, classes))
@@ -163,6 +173,11 @@ def _export_into(
             manifest["handoff"].append(write_swift(out_dir, package, data_config))
         else:
             job.skip("Classifier.swift", "no Core ML classifier was exported")
+        tflite = tflite_model(job.artifacts)
+        if tflite:
+            manifest["handoff"].append(write_kotlin(out_dir, tflite, data_config))
+        elif "litert" in settings.formats:
+            job.skip("Classifier.kt", "no LiteRT classifier was exported")
         manifest["handoff"].append(CARD_NAME)
         write_model_card(out_dir, manifest)
     write_manifest(out_dir, manifest)

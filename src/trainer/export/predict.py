@@ -75,6 +75,9 @@ def load_predictor(artifact: Path, manifest: dict[str, Any]) -> tuple[Predict, b
     if row is None:
         expected = ", ".join(suffix_formats())
         raise PredictError(f"{artifact}: unsupported artifact type '{artifact.suffix}' (expected {expected})")
+    missing = row.missing()
+    if missing:
+        raise RuntimeUnavailable(f"{row.name} artifacts need {missing}")
     try:
         return row.impl().load(artifact, manifest), row.probabilities
     except RuntimeUnavailable:

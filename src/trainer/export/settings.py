@@ -69,6 +69,9 @@ class ExportSettings:
     calibration_images: int
     coreml_quantize: tuple[str, ...]
     deployment_target: str
+    litert_fp16: bool
+    litert_int8: bool
+    executorch_int8: bool
     headless: bool
     max_images: int | None
     latency_runs: int
@@ -99,6 +102,9 @@ class ExportSettings:
             calibration_images=int(get("onnx.calibration_images")),
             coreml_quantize=tuple(get("coreml.quantize")),
             deployment_target=str(get("coreml.minimum_deployment_target")),
+            litert_fp16=bool(get("litert.fp16")),
+            litert_int8=bool(get("litert.int8")),
+            executorch_int8=bool(get("executorch.int8")),
             headless=bool(get("headless")),
             max_images=get("verify.max_images"),
             latency_runs=int(get("latency.runs")),

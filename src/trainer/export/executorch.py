@@ -1,0 +1,111 @@
+"""ExecuTorch for PyTorch's own iOS and Android runtimes: model.pte (fp32) and model_int8.pte (PT2E XNNPACK
+quantizer), both lowered to the XNNPACK delegate and run with ExecuTorch's Python runtime.
+
+The `executorch` row of the format table (formats.py). Input: float32 NCHW (1, 3, S, S), normalized
+((pixel / 255 - mean) / std, as ExecuTorch's Android `TensorImageUtils.bitmapToFloat32Tensor` does); output:
+(1, classes) logits, like the ONNX and TorchScript files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.export.job import ExportJob
+from trainer.export.manifest import atomic_output
+from trainer.export.verify import Predict
+
+FILES = {"fp32": "model.pte", "int8": "model_int8.pte"}
+INT8_RECIPE = (
+    "PT2E XNNPACKQuantizer symmetric config: per-channel int8 weights, int8 activations, "
+    "min/max calibration; float32 input and output"
+)
+INPUT = "float32 NCHW (1, 3, S, S), (pixel/255 - mean)/std"
+
+
+def export(job: ExportJob) -> None:
+    """model.pte (must match PyTorch) and, with executorch.int8, model_int8.pte compared with it."""
+    path = job.out_dir / FILES["fp32"]
+    example = (job.example[:1],)
+    fp32_outputs = None
+    with job.guard("executorch_fp32"):
+        _write(path, _lower(torch.export.export(job.model, example)))
+        entry = job.add(path, format="executorch", precision="fp32", delegate="XNNPACK", input=INPUT)
+        fp32_outputs = job.verify(entry, executorch_predictor(path, job.threads), job.reference, fp32=True)
+    if not job.settings.executorch_int8:
+        return
+    if fp32_outputs is None:
+        job.skip("executorch_int8", "the ExecuTorch fp32 export failed")
+        return
+    with job.guard("executorch_int8"):
+        path = job.out_dir / FILES["int8"]
+        quantized = _quantize(job.model, example, job.calibration)
+        _write(path, _lower(torch.export.export(quantized, example)))
+        entry = job.add(
+            path,
+            format="executorch",
+            precision="int8",
+            delegate="XNNPACK",
+            quantization=INT8_RECIPE,
+            calibration_images=len(job.calibration),
+            input=INPUT,
+        )
+        outputs = job.verify(entry, executorch_predictor(path, job.threads), job.reference)
+        job.compare_with_fp32("executorch_int8", entry, fp32_outputs, outputs)
+
+
+def load(path: Path, manifest: dict[str, Any]) -> Predict:
+    """An ExecuTorch runtime predictor with torch's thread count."""
+    return executorch_predictor(path, torch.get_num_threads())
+
+
+def executorch_predictor(path: Path, threads: int) -> Predict:
+    """Run a .pte with ExecuTorch's Python runtime (XNNPACK on `threads` threads), one image at a time (the
+    program has batch size 1)."""
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    portable_lib._unsafe_reset_threadpool(threads)  # nothing runs yet: the reset is safe here
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        rows = [method.execute([torch.from_numpy(image[None])])[0] for image in batch]
+        return torch.cat(rows).float().numpy()
+
+    return predict
+
+
+def _quantize(model: nn.Module, example: tuple[torch.Tensor], calibration: np.ndarray) -> nn.Module:
+    """PT2E post-training int8 quantization for XNNPACK, calibrated one image at a time."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not len(calibration):
+        raise ValueError("no readable calibration images for int8 quantization")
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
+    with torch.no_grad():
+        for image in calibration:
+            prepared(torch.from_numpy(image[None]))
+    return convert_pt2e(prepared)
+
+
+def _lower(program: torch.export.ExportedProgram) -> bytes:
+    """The .pte bytes of an exported program, with every supported subgraph delegated to XNNPACK."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+
+
+def _write(path: Path, program: bytes) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(program)

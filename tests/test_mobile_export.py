@@ -1,0 +1,243 @@
+"""LiteRT (.tflite) and ExecuTorch (.pte) export, each run in its own runtime (the [mobile] extra).
+
+One module-scoped export of the briefly trained MobileNetV2 (width 0.5, 64 px) covers the artifacts, the
+gates, the metadata, Classifier.kt and trainer-predict; the failure rules use the tiny conv net. Without the
+extra the formats are skipped with the install command (test_absent_extra_is_skipped_with_the_reason).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from test_export import (
+    CLASSES,
+    DATA_CONFIG,
+    MEAN,
+    METADATA,
+    SIZE,
+    STD,
+    entry,
+    export_config,
+    make_images,
+    small_export,
+    train,
+)
+from test_predict import pytorch_probabilities
+from torchvision import transforms as T
+
+from trainer.data.images import load_rgb
+from trainer.data.transforms import eval_transform
+from trainer.export import export_all, litert
+from trainer.export.formats import FORMATS, Format
+from trainer.export.job import MAX_INT8_TOP1_DROP, ExportJob
+from trainer.export.predict import predict_images
+from trainer.export.settings import ExportSettings
+
+MOBILE = ["litert", "executorch"]
+MISSING = {name: FORMATS[name].missing() for name in MOBILE}
+needs_mobile = pytest.mark.skipif(any(MISSING.values()), reason=f"[mobile] extra not installed: {MISSING}")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """litert fp32/fp16/int8 and executorch fp32/int8 of one trained model, verified on 24 images."""
+    if any(MISSING.values()):
+        pytest.skip(f"[mobile] extra not installed: {MISSING}")
+    root = tmp_path_factory.mktemp("mobile")
+    train_samples = make_images(root / "train", per_class=16, seed=0)
+    val_samples = make_images(root / "val", per_class=8, seed=1)
+    torch.manual_seed(0)
+    model = train(torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=len(CLASSES)), train_samples)
+    manifest = export_all(
+        model,
+        classes=CLASSES,
+        data_config=DATA_CONFIG,
+        out_dir=root / "export",
+        cfg=export_config(formats=MOBILE),
+        calibration_paths=[p for p, _ in train_samples],
+        val_samples=val_samples,
+        metadata=METADATA,
+    )
+    return {"manifest": manifest, "out": root / "export", "model": model, "val": val_samples}
+
+
+def test_every_precision_is_exported_and_listed(exported: dict) -> None:
+    manifest, out = exported["manifest"], exported["out"]
+    assert manifest["errors"] == [] and manifest["warnings"] == []
+    names = {a["name"]: (a["format"], a["precision"]) for a in manifest["artifacts"]}
+    assert names == {
+        "model.tflite": ("litert", "fp32"),
+        "model_fp16.tflite": ("litert", "fp16"),
+        "model_int8.tflite": ("litert", "int8"),
+        "model.pte": ("executorch", "fp32"),
+        "model_int8.pte": ("executorch", "int8"),
+    }
+    assert manifest["handoff"] == ["labels.txt", "Classifier.kt", "README.md"]
+    assert all((out / name).is_file() for name in [*names, *manifest["handoff"]])
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+def test_fp32_artifacts_agree_with_pytorch_in_their_runtimes(exported: dict) -> None:
+    manifest = exported["manifest"]
+    for name in ("model.tflite", "model.pte"):
+        figures = entry(manifest, name)
+        assert figures["top1_agreement"] >= 0.995, name
+        assert figures["max_abs_diff"] <= figures["tolerance"], name
+        assert figures["val_top1"] == pytest.approx(manifest["pytorch_val_top1"]), name
+        assert figures["latency_ms"] > 0 and figures["threads"] == 1
+
+
+def test_quantized_copies_are_smaller_and_within_the_gate(exported: dict) -> None:
+    manifest = exported["manifest"]
+    for fp32, small, ratio in [
+        ("model.tflite", "model_fp16.tflite", 0.55),
+        ("model.tflite", "model_int8.tflite", 0.4),
+        ("model.pte", "model_int8.pte", 0.4),
+    ]:
+        figures = entry(manifest, small)
+        assert figures["size_bytes"] < ratio * entry(manifest, fp32)["size_bytes"], small
+        assert figures["top1_drop_vs_fp32"] <= MAX_INT8_TOP1_DROP, small
+        assert figures["top1_agreement_vs_fp32"] >= 0.95, small
+    assert entry(manifest, "model_int8.tflite")["calibration_images"] == 48
+
+
+def test_tflite_interface_and_metadata(exported: dict) -> None:
+    """Run directly with the LiteRT interpreter as the app does: float NHWC raw pixels in (int8 too), logits
+    out; the fp32 logits are PyTorch's on the same image. Classes and mean/std are in the metadata."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path, _ = exported["val"][0]
+    upright = load_rgb(path)  # the app's steps, written out: resize the shorter side to 72, centre crop 64
+    pixels = np.asarray(T.CenterCrop(SIZE)(T.Resize(72)(upright)), np.float32)[None]
+    with torch.no_grad():
+        expected = exported["model"](eval_transform(DATA_CONFIG)(upright)[None]).numpy()
+    for name in ("model.tflite", "model_fp16.tflite", "model_int8.tflite"):
+        interpreter = Interpreter(model_path=str(exported["out"] / name))
+        interpreter.allocate_tensors()
+        (image_in,), (logits_out,) = interpreter.get_input_details(), interpreter.get_output_details()
+        assert list(image_in["shape"]) == [1, SIZE, SIZE, 3] and image_in["dtype"] == np.float32, name
+        assert list(logits_out["shape"]) == [1, len(CLASSES)] and logits_out["dtype"] == np.float32, name
+        interpreter.set_tensor(image_in["index"], pixels)
+        interpreter.invoke()
+        logits = interpreter.get_tensor(logits_out["index"])
+        if name == "model.tflite":
+            np.testing.assert_allclose(logits, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max())))
+        metadata = litert.read_metadata(exported["out"] / name)
+        assert (
+            metadata["classes"] == CLASSES and metadata["mean"] == list(MEAN) and metadata["std"] == list(STD)
+        )
+        assert metadata["backbone"] == "mobilenet_v2" and metadata["precision"] in name.replace(".", "_fp32.")
+    int8 = Interpreter(model_path=str(exported["out"] / "model_int8.tflite"))
+    assert np.int8 in {d["dtype"] for d in int8.get_tensor_details()}, "int8 weights and activations inside"
+
+
+def test_kotlin_snippet_and_card(exported: dict) -> None:
+    out = exported["out"]
+    kotlin = (out / "Classifier.kt").read_text()
+    for text in [
+        "import org.tensorflow.lite.Interpreter",
+        'modelAsset: String = "model.tflite"',
+        "com.google.ai.edge.litert:litert:",
+        "Bitmap.createScaledBitmap(bitmap, width, height, true)",
+        "* 72 / short",  # the eval Resize(72) of the shorter side
+        "rint((bitmap.width - 64) / 2.0)",  # then CenterCrop(64), offsets rounded like torchvision
+        "labels.txt",
+    ]:
+        assert text in kotlin, text
+    card = (out / "README.md").read_text()
+    for text in ["## Using it on Android", "Classifier.kt", "NHWC", "## Quantization on these images"]:
+        assert text in card, text
+    assert "`model_int8.tflite`" in card and "`model_int8.pte`" in card
+
+
+@pytest.mark.parametrize("artifact", ["model.tflite", "model.pte"])
+def test_trainer_predict_runs_tflite_and_pte(exported: dict, artifact: str) -> None:
+    images = [Path(p) for p, _ in exported["val"][:3]]
+    for image, top in predict_images(exported["out"] / artifact, images, top_k=3):
+        expected = pytorch_probabilities(exported["model"], image)
+        assert [label for label, _ in top] == sorted(expected, key=expected.get, reverse=True)
+        for label, probability in top:
+            assert probability == pytest.approx(expected[label], abs=1e-3)
+
+
+@needs_mobile
+def test_fp32_gate_fails_a_model_that_computes_something_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_convert = litert._convert
+    monkeypatch.setattr(litert, "_convert", lambda module, size: real_convert(_Shifted(module), size))
+    manifest = small_export(tmp_path, export_config(formats=["litert"], **{"litert.fp16": False}))
+    errors = {e["artifact"]: e["error"] for e in manifest["errors"]}
+    assert "exceeds" in errors["model.tflite"]
+
+
+class _Shifted(torch.nn.Module):
+    """The wrapped model plus 100 on the first logit: not what PyTorch computes."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x)
+        return out + 100.0 * (torch.arange(out.shape[1]) == 0)
+
+
+def test_int8_gate_warns_past_one_point(tmp_path: Path) -> None:
+    """The gate every quantized copy (ONNX, LiteRT, ExecuTorch int8) goes through."""
+    labels = np.array([0, 1, 2, 0])
+    job = ExportJob(
+        model=torch.nn.Identity(),
+        classes=CLASSES,
+        data_config=DATA_CONFIG,
+        out_dir=tmp_path,
+        settings=ExportSettings.from_config(export_config()),
+        inputs=np.zeros((4, 3, SIZE, SIZE), np.float32),
+        labels=labels,
+        reference=np.eye(3, dtype=np.float32)[labels],
+        example=torch.zeros(1, 3, SIZE, SIZE),
+        user_metadata={},
+        read_calibration=lambda: np.zeros((0, 3, SIZE, SIZE), np.float32),
+        threads=1,
+    )
+    fp32 = np.eye(3, dtype=np.float32)[labels]
+    close, wrong = {}, {}
+    job.compare_with_fp32("litert_int8", close, fp32, fp32 + 0.01)
+    job.compare_with_fp32("executorch_int8", wrong, fp32, np.eye(3, dtype=np.float32)[[0, 1, 2, 1]])
+    assert close == {"top1_agreement_vs_fp32": 1.0, "top1_drop_vs_fp32": 0.0}
+    assert wrong == {"top1_agreement_vs_fp32": 0.75, "top1_drop_vs_fp32": 25.0}
+    assert job.warnings == ["executorch_int8 loses 25.00 points of val top-1 against fp32 (> 1.0)"]
+
+
+@needs_mobile
+def test_converter_error_is_recorded_and_other_formats_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> bytes:
+        raise RuntimeError("converter cannot lower aten::foo")
+
+    monkeypatch.setattr(litert, "_convert", broken)
+    cfg = export_config(formats=["onnx", "litert"], **{"onnx.int8": False})
+    manifest = small_export(tmp_path, cfg)
+    assert manifest["errors"] == [
+        {"artifact": "litert_fp32", "error": "RuntimeError: converter cannot lower aten::foo"}
+    ]
+    assert [a["name"] for a in manifest["artifacts"]] == ["model.onnx"]
+    skipped = {s["name"]: s["reason"] for s in manifest["skipped"]}
+    assert "LiteRT fp32 export failed" in skipped["litert_int8"] and "Classifier.kt" in skipped
+
+
+def test_absent_extra_is_skipped_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        Format, "missing", lambda self: f'{self.name} not installed: pip install -e ".[mobile]"'
+    )
+    manifest = small_export(tmp_path, export_config(formats=["litert", "executorch"]))
+    assert manifest["errors"] == [] and manifest["artifacts"] == []
+    skipped = {s["name"]: s["reason"] for s in manifest["skipped"]}
+    assert '.[mobile]"' in skipped["litert"] and '.[mobile]"' in skipped["executorch"]
