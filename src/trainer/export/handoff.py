@@ -199,8 +199,8 @@ def model_card(manifest: dict[str, Any]) -> str:
             f"Put `{tflite}` and `{LABELS_NAME}` in `app/src/main/assets`, add "
             f'`implementation("{LITERT_DEPENDENCY}")` and `{KOTLIN_NAME}`, then '
             "`Classifier(context).classify(bitmap)` returns the top classes with confidences. It resizes and "
-            "centre-crops the bitmap as measured above and passes raw RGB values; `model_fp16.tflite` "
-            "(half the size) and `model_int8.tflite` (a quarter) take the same input.",
+            "centre-crops the bitmap as measured above and passes raw RGB values; the smaller "
+            "`model_fp16.tflite` and `model_int8.tflite` (sizes and accuracy above) take the same input.",
             "",
         ]
     return "\n".join(lines)
