@@ -27,7 +27,8 @@ from torch import nn
 from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
-from trainer.export import coreml, export_all, pipeline
+from trainer.export import coreml, export_all
+from trainer.export import onnx as onnx_format
 from trainer.export.handoff import xcode_class_name
 from trainer.export.manifest import atomic_output, sha256, size_bytes
 from trainer.export.torchscript import lite_unavailable_reason
@@ -457,7 +458,7 @@ def test_interrupted_reexport_keeps_the_previous_export_whole(
         path.write_bytes(b"half an onnx file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "export_onnx", dying_export)
+    monkeypatch.setattr(onnx_format, "export_onnx", dying_export)  # the onnx row of the format table
     with pytest.raises(KeyboardInterrupt):
         small_export(tmp_path, export_config(formats=["torchscript", "onnx"]))
     assert _contents(out) == before, "the previous export is untouched"
