@@ -3,7 +3,8 @@
 Apps hand the model raw RGB pixels (0-255). Core ML's ImageType applies `scale * pixel + bias[c]` with one
 scalar scale, so the per-channel std of the training normalization cannot be expressed exactly there: the
 ImageType gets scale = 1 / (255 * mean(std)) and bias[c] = -mean[c] / std[c], and where the stds differ the
-traced graph starts with an exact per-channel affine correction (see `ImageNormalization`).
+traced graph starts with a per-channel affine correction (see `ImageNormalization`). In an fp16 model the
+correction's coefficients are stored in fp16, so it is exact only to CORRECTION_TOLERANCE.
 """
 
 from __future__ import annotations
@@ -36,11 +37,17 @@ EMBEDDING_OUTPUT = "embedding"
 PREVIEW_KEY = "com.apple.coreml.model.preview.type"
 WEIGHTS_DIR = "Data/com.apple.CoreML/weights"
 NOT_MACOS_REASON = f"Core ML runs models only on macOS (MLModel.predict); this is {sys.platform}"
+# Largest error the stored correction may add, in normalized units over the whole 0-255 pixel range: fp16
+# coefficients near 1 are within 2^-11 (4.9e-4) relatively, times |input| <= 2.7 for ImageNet statistics,
+# plus the converter's batch_norm epsilon (1e-5). A missing correction errs by about 0.03 there.
+CORRECTION_TOLERANCE = 2e-3
+WEIGHT_THRESHOLD = 2048  # coremltools.optimize's default weight_threshold: smaller weights stay in fp16
 
 
 @dataclass(frozen=True)
 class ImageNormalization:
-    """ImageType scale/bias plus the in-graph correction that makes them equal (pixel/255 - mean) / std.
+    """ImageType scale/bias plus the in-graph correction that makes them equal (pixel/255 - mean) / std
+    (to CORRECTION_TOLERANCE once the correction is stored in fp16).
 
     ImageType gives y[c] = pixel / (255 * s) - mean[c] / std[c] with s = mean(std). The wanted value is
     pixel / (255 * std[c]) - mean[c] / std[c] = gain[c] * y[c] + offset[c] with gain[c] = s / std[c] and
@@ -62,6 +69,14 @@ class ImageNormalization:
         gain = shared / std64
         offset = (gain - 1.0) * mean64 / std64
         return cls(1.0 / (255.0 * shared), bias, tuple(map(float, gain)), tuple(map(float, offset)))
+
+    def correction_error(self, gain: np.ndarray, offset: np.ndarray) -> float:
+        """Largest |difference| between a stored correction (gain, offset) and this one, in normalized units,
+        over every input the ImageType can give (pixels 0..255)."""
+        want_gain = np.ones(3) if self.gain is None else np.asarray(self.gain)
+        want_offset = np.zeros(3) if self.offset is None else np.asarray(self.offset)
+        ends = np.stack([np.asarray(self.bias), 255.0 * self.scale + np.asarray(self.bias)])
+        return float(np.abs((gain - want_gain) * ends + (offset - want_offset)).max())
 
     def image_type_output(self, pixels: np.ndarray) -> np.ndarray:
         """What Core ML feeds the graph for (N, 3, H, W) raw pixels: scale * pixel + bias[c]."""
@@ -146,13 +161,17 @@ def convert(
 def compress(base: ct.models.MLModel, variant: str, calibration: list[Image.Image]) -> ct.models.MLModel:
     """A compressed copy of an fp16 model: 'int8', 'palettizeN' or 'w8a8' (see w8a8_skip_reason)."""
     int8 = cto.OptimizationConfig(
-        global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
+        global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", weight_threshold=WEIGHT_THRESHOLD
+        )
     )
     if variant == "int8":
         return cto.linear_quantize_weights(base, int8)
     bits = palette_bits(variant)
     if bits is not None:
-        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits))
+        config = cto.OptimizationConfig(
+            global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=WEIGHT_THRESHOLD)
+        )
         return cto.palettize_weights(base, config)
     if variant == "w8a8":
         activations = cto.OptimizationConfig(
@@ -218,17 +237,6 @@ def in_memory_weights_bytes(mlmodel: ct.models.MLModel) -> int:
     return size_bytes(Path(mlmodel.weights_dir))
 
 
-def max_weight_ratio(variant: str) -> float | None:
-    """Largest weight size, as a fraction of fp16, that a compressed variant may have (None: no limit).
-
-    n-bit weights take n/16 of fp16; the margin covers scales, look-up tables and small layers left in fp16.
-    """
-    if variant in ("int8", "w8a8"):
-        return 0.55
-    bits = palette_bits(variant)
-    return None if bits is None else bits / 16 + 0.075
-
-
 def _values(value: Any) -> list[Any]:
     """The flat contents of an immediate MIL value (a tensor, or a list of tensors such as class labels)."""
     immediate = value.immediateValue
@@ -246,6 +254,53 @@ def _input_values(ops: dict[str, Any], op: Any, name: str) -> list[Any]:
     return _values(binding.value)
 
 
+def _channel_values(var: Any) -> np.ndarray | None:
+    """A constant's per-channel values (3, or 1 broadcast to 3); None when `var` is not such a constant."""
+    if var is None or var.val is None or np.size(var.val) not in (1, 3):
+        return None
+    return np.broadcast_to(np.asarray(var.val, np.float64).reshape(-1), (3,))
+
+
+def stored_correction(package: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel affine (gain, offset) that the ops after the image's scale/bias apply, as stored.
+
+    Follows the image through casts and the batch_norm / mul / add ops with per-channel constants that the
+    converter makes of `CoreMLWrapper`'s correction, up to the first other op (the backbone's first layer).
+    """
+    from trainer.export.coreml_executor.program import load_program
+
+    main = load_program(package)[1].functions["main"]
+    var = main.inputs[INPUT_NAME]
+    image_ops = {f"{INPUT_NAME}__scaled__", f"{INPUT_NAME}__biased__"}
+    gain, offset = np.ones(3), np.zeros(3)
+    while len(var.child_ops) == 1:
+        op = var.child_ops[0]
+        inputs = op.inputs
+        if op.outputs[0].name in image_ops or op.op_type == "cast":
+            pass
+        elif op.op_type == "batch_norm":
+            consts = [_channel_values(inputs.get(k)) for k in ("mean", "variance", "gamma", "beta")]
+            if consts[0] is None or consts[1] is None:
+                break
+            mean, variance = consts[0], consts[1]
+            gamma = consts[2] if consts[2] is not None else np.ones(3)
+            beta = consts[3] if consts[3] is not None else np.zeros(3)
+            scale = gamma / np.sqrt(variance + float(inputs["epsilon"].val))
+            gain, offset = gain * scale, (offset - mean) * scale + beta
+        elif op.op_type in ("mul", "add"):
+            other = inputs["y"] if inputs["x"] is var else inputs["x"]
+            values = _channel_values(other)
+            if values is None:
+                break
+            gain, offset = (
+                (gain * values, offset * values) if op.op_type == "mul" else (gain, offset + values)
+            )
+        else:
+            break
+        var = op.outputs[0]
+    return gain, offset
+
+
 def check_spec(
     package: Path,
     *,
@@ -256,9 +311,10 @@ def check_spec(
 ) -> list[str]:
     """Problems with a saved .mlpackage's interface (empty when it is what apps expect).
 
-    Checks the image input (RGB, size), the scale/bias ops the converter inserts, the outputs, the class
-    labels and their order, and the metadata (author, license, version and description non-empty; for a
-    classifier Xcode's preview type).
+    Checks the image input (RGB, size), the scale/bias ops the converter inserts, the per-channel correction
+    after them (to CORRECTION_TOLERANCE: it is stored in fp16), the outputs, the class labels and their
+    order, and the metadata (author, license, version and description non-empty; for a classifier Xcode's
+    preview type).
     """
     spec = ct.models.utils.load_spec(str(package))
     problems = []
@@ -280,6 +336,14 @@ def check_spec(
     bias = _input_values(ops, bias_op, "y") if bias_op is not None else [0.0, 0.0, 0.0]
     if not np.allclose(scale, [norm.scale], rtol=1e-6) or not np.allclose(bias, norm.bias, rtol=1e-6):
         problems.append(f"image scale/bias are {scale}/{bias}, expected {norm.scale}/{list(norm.bias)}")
+    gain, offset = stored_correction(package)
+    error = norm.correction_error(gain, offset)
+    if error > CORRECTION_TOLERANCE:
+        problems.append(
+            f"in-graph correction is gain {gain.round(5).tolist()} / offset {offset.round(5).tolist()}, "
+            f"expected {norm.gain or [1.0] * 3} / {norm.offset or [0.0] * 3}: off by up to {error:.3g} "
+            f"normalized units (tolerance {CORRECTION_TOLERANCE})"
+        )
 
     outputs = {o.name: o.type.WhichOneof("Type") for o in spec.description.output}
     if classes is None:
@@ -312,11 +376,18 @@ def check_spec(
     return problems
 
 
-def to_pixels(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> list[Image.Image]:
-    """Undo the normalization of preprocessed (N, 3, S, S) inputs: the RGB images an app would pass."""
+def pixel_arrays(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the normalization of preprocessed (N, 3, S, S) inputs: the raw uint8 RGB pixels an app passes.
+
+    Exact for inputs made from 8-bit images by ToTensor + Normalize (the round trip lands on the integers).
+    """
     pixels = (inputs * np.asarray(std).reshape(1, 3, 1, 1) + np.asarray(mean).reshape(1, 3, 1, 1)) * 255.0
-    arrays = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    return [Image.fromarray(a) for a in arrays]
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def to_pixels(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> list[Image.Image]:
+    """The RGB images of preprocessed (N, 3, S, S) inputs, as Core ML's image input takes them."""
+    return [Image.fromarray(a) for a in pixel_arrays(inputs, mean, std).transpose(0, 2, 3, 1)]
 
 
 def coreml_predictor(
