@@ -1,15 +1,15 @@
 """Every supported backbone family exports to TorchScript, ONNX and Core ML (fp16) at a small input size.
 
-Random init, 3 classes, 64 px (inception_v3: 75 px, its minimum). The light models are also verified against
-PyTorch on two images; the heavy ones (HEAVY) are converted and spec-checked only, which keeps the file at
-about 1.5 minutes on two shared cores.
+Random init with BatchNorm statistics from a random batch (so outputs depend on the image), 3 classes, 64 px
+(inception_v3: 75 px, its minimum). Core ML converts at fp32 and fp16, and the reference executor runs both
+packages against PyTorch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -19,6 +19,7 @@ from torch import nn
 
 from trainer.data.data_config import DataConfig
 from trainer.export import export_all
+from trainer.export.coreml_executor import CoreMLExecutor
 
 tvm = torchvision.models
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
@@ -34,10 +35,23 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
     ),
     "timm_mobilenetv1_100": lambda: timm.create_model("mobilenetv1_100", pretrained=False, num_classes=3),
 }
-HEAVY = {"resnet50", "inception_v3"}  # convert + spec checks only: no val images, so no verification
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def lively(model: nn.Module, size: int) -> nn.Module:
+    """BatchNorm statistics taken from a random batch, so that a randomly initialised network's features and
+    logits depend on the image (with the default statistics most backbones output near-constant zeros)."""
+    torch.manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, size, size))
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -45,31 +59,63 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, int]]:
     return make_images(tmp_path_factory.mktemp("images"), per_class=1, seed=4)[:2]
 
 
-@pytest.mark.parametrize("name", list(BACKBONES))
-def test_backbone_exports_everywhere(name: str, images: list[tuple[str, int]], tmp_path: Path) -> None:
+@pytest.fixture(scope="module", params=list(BACKBONES))
+def exported(request: pytest.FixtureRequest, images: list[tuple[str, int]], tmp_path_factory) -> dict:
+    """One backbone exported to every format, Core ML at fp32 and fp16, and verified on two images."""
+    name = request.param
     torch.manual_seed(0)
-    model = BACKBONES[name]().eval()
     size = 75 if name == "inception_v3" else 64
-    cfg = export_config(**{"onnx.int8": False, "coreml.quantize": ["fp16"], "latency.runs": 1})
+    model = lively(BACKBONES[name](), size)
+    cfg = export_config(**{"onnx.int8": False, "coreml.quantize": ["fp32", "fp16"], "latency.runs": 1})
+    out_dir = tmp_path_factory.mktemp(name) / "export"
     manifest = export_all(
         model,
         classes=CLASSES,
         data_config=DataConfig(
             size=size, interpolation="bilinear", crop_pct=1.0, crop_mode="center", mean=MEAN, std=STD
         ),
-        out_dir=tmp_path / "export",
+        out_dir=out_dir,
         cfg=cfg,
         calibration_paths=[],
-        val_samples=[] if name in HEAVY else images,
+        val_samples=images,
         metadata={"backbone": name},
     )
+    return {"name": name, "model": model, "size": size, "manifest": manifest, "out": out_dir}
+
+
+def test_backbone_exports_everywhere(exported: dict) -> None:
+    manifest, out = exported["manifest"], exported["out"]
     assert manifest["errors"] == []
     artifacts = {a["name"]: a for a in manifest["artifacts"]}
-    assert set(artifacts) == {"model_torchscript.pt", "model.onnx", "ImageClassifier_fp16.mlpackage"}
-    assert all((tmp_path / "export" / a["path"]).exists() for a in artifacts.values())
-    if name not in HEAVY:
-        assert (
-            artifacts["model.onnx"]["top1_agreement"]
-            == artifacts["model_torchscript.pt"]["top1_agreement"]
-            == 1.0
-        )
+    assert set(artifacts) == {
+        "model_torchscript.pt",
+        "model.onnx",
+        "ImageClassifier_fp32.mlpackage",
+        "ImageClassifier_fp16.mlpackage",
+    }
+    assert all((out / a["path"]).exists() for a in artifacts.values())
+    assert (
+        artifacts["model.onnx"]["top1_agreement"]
+        == artifacts["model_torchscript.pt"]["top1_agreement"]
+        == 1.0
+    )
+
+
+def test_coreml_executor_matches_pytorch(exported: dict) -> None:
+    """The reference executor runs each backbone's packages from raw pixels: fp32 equals PyTorch to float
+    tolerance, fp16 stays within fp16 rounding, on images whose outputs differ from each other."""
+    size, model = exported["size"], exported["model"]
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 3, size, size)).astype(np.float32)
+    normalized = (pixels / 255.0 - np.reshape(MEAN, (1, 3, 1, 1))) / np.reshape(STD, (1, 3, 1, 1))
+    with torch.no_grad():
+        reference = torch.softmax(model(torch.from_numpy(normalized).float()), dim=1).numpy()
+    assert np.ptp(reference, axis=0).max() > 0.01, "outputs must vary with the image for the check to bite"
+    results = {}
+    for precision in ("fp32", "fp16"):
+        executor = CoreMLExecutor(exported["out"] / f"ImageClassifier_{precision}.mlpackage")
+        outputs = executor.run(pixels)
+        assert executor.classes == CLASSES
+        assert outputs["classLabel"] == [CLASSES[i] for i in outputs["classLabel_probs"].argmax(1)]
+        results[precision] = np.abs(outputs["classLabel_probs"] - reference).max()
+    assert results["fp32"] < 1e-4
+    assert results["fp16"] < 0.02

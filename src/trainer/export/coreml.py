@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from trainer.export.coreml_verify import WEIGHT_THRESHOLD, pixel_arrays
 from trainer.export.manifest import atomic_output, size_bytes
 from trainer.export.settings import ExportSettings, palette_bits
 from trainer.export.torchscript import trace
@@ -41,7 +42,6 @@ NOT_MACOS_REASON = f"Core ML runs models only on macOS (MLModel.predict); this i
 # coefficients near 1 are within 2^-11 (4.9e-4) relatively, times |input| <= 2.7 for ImageNet statistics,
 # plus the converter's batch_norm epsilon (1e-5). A missing correction errs by about 0.03 there.
 CORRECTION_TOLERANCE = 2e-3
-WEIGHT_THRESHOLD = 2048  # coremltools.optimize's default weight_threshold: smaller weights stay in fp16
 
 
 @dataclass(frozen=True)
@@ -374,15 +374,6 @@ def check_spec(
     if empty:
         problems.append(f"metadata fields {empty} are empty")
     return problems
-
-
-def pixel_arrays(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo the normalization of preprocessed (N, 3, S, S) inputs: the raw uint8 RGB pixels an app passes.
-
-    Exact for inputs made from 8-bit images by ToTensor + Normalize (the round trip lands on the integers).
-    """
-    pixels = (inputs * np.asarray(std).reshape(1, 3, 1, 1) + np.asarray(mean).reshape(1, 3, 1, 1)) * 255.0
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def to_pixels(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> list[Image.Image]:

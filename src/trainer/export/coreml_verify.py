@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from trainer.export.coreml import EMBEDDING_OUTPUT, PROBS_OUTPUT, WEIGHT_THRESHOLD, pixel_arrays
 from trainer.export.coreml_executor import CoreMLExecutor
 from trainer.export.coreml_executor.program import load_program
 from trainer.export.settings import palette_bits
@@ -25,7 +24,17 @@ from trainer.export.verify import Predict, compare, run_batches
 RUNTIME = "reference executor (torch ops, Core ML fp16 rounding)"
 MIN_FP16_AGREEMENT = 0.995
 MAX_TOP1_DROP = {"int8": 0.5, "w8a8": 0.5, "palettize8": 1.0, "palettize6": 1.0}  # points vs fp32 PyTorch
+WEIGHT_THRESHOLD = 2048  # coremltools.optimize's default weight_threshold: smaller weights stay in fp16
 RATIO_MARGIN = 0.02  # scales, zero points, look-up tables and blob headers on top of the compressed weights
+
+
+def pixel_arrays(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the normalization of preprocessed (N, 3, S, S) inputs: the raw uint8 RGB pixels an app passes.
+
+    Exact for inputs made from 8-bit images by ToTensor + Normalize (the round trip lands on the integers).
+    """
+    pixels = (inputs * np.asarray(std).reshape(1, 3, 1, 1) + np.asarray(mean).reshape(1, 3, 1, 1)) * 255.0
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def reference_predictor(
@@ -36,13 +45,15 @@ def reference_predictor(
     executor = CoreMLExecutor(package)
     if classes is not None and sorted(executor.classes or []) != sorted(classes):
         raise ValueError(f"{package}: class labels are {executor.classes}, expected {list(classes)}")
+    if classes is None and len(executor.output_names) != 1:
+        raise ValueError(f"{package}: an embedding model has one output, not {executor.output_names}")
     order = [executor.classes.index(c) for c in classes] if classes is not None else None
 
     def predict(batch: np.ndarray) -> np.ndarray:
         outputs = executor.run(pixel_arrays(batch, mean, std))
         if order is None:
-            return outputs[EMBEDDING_OUTPUT].reshape(len(batch), -1)
-        return outputs[PROBS_OUTPUT][:, order]
+            return outputs[executor.output_names[0]].reshape(len(batch), -1)
+        return outputs[executor.probabilities_output][:, order]
 
     return predict
 

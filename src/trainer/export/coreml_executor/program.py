@@ -107,7 +107,8 @@ class CoreMLExecutor:
             raise ValueError(f"{self.package}: input '{self.input_name}' has a flexible shape")
         self.layout = self._image_layout(spec)
         self.output_names = [o.name for o in spec.description.output]
-        self.classes: list[str] | None = None
+        self.classes: list[str] | None = None  # a classifier's labels, in its probabilities' column order
+        self.probabilities_output: str | None = None  # and the name of that output
         self._steps = self._plan(main)
 
     def _image_layout(self, spec: Any) -> str | None:
@@ -174,6 +175,7 @@ class CoreMLExecutor:
         self._check_batch_axis(op, args)
         if op.op_type == "classify":
             self.classes = [str(c) for c in args["classes"]]
+            self.probabilities_output = op.outputs[1].name
         outputs = [(var.name, _dtype(var) == "fp16", _shape(var)) for var in op.outputs]
         return _Step(op.op_type, op.name, kernel, args, outputs, [])
 
