@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from trainer.data.data_config import DataConfig
+from trainer.export import coreml_verify
 from trainer.export.handoff import CARD_NAME, swift_package, write_labels, write_model_card, write_swift
 from trainer.export.manifest import (
     MANIFEST_NAME,
@@ -381,14 +382,19 @@ def _coreml(
                 mlmodel = coreml.compress(mlmodel, variant, coreml.to_pixels(calibration, mean, std))
             path = run.out_dir / f"{COREML_STEM}_{variant}.mlpackage"
             coreml.save(mlmodel, path, settings=run.settings, user_metadata=user_metadata, classifier=True)
-            entry = run.add(path, format="coreml", precision=variant, minimum_deployment_target=target)
-            entry["weights_bytes"] = coreml.weights_bytes(path)
-            limit = coreml.max_weight_ratio(variant)
-            if limit is not None:
-                ratio = entry["weights_bytes"] / coreml.in_memory_weights_bytes(base("fp16"))
-                entry["weights_ratio_vs_fp16"] = round(ratio, 4)
-                if ratio > limit:
-                    run.fail(name, [f"{name}: weights are {ratio:.3f}x the fp16 size (limit {limit:.3f}x)"])
+            extra: dict[str, Any] = {
+                "minimum_deployment_target": target,
+                "weights_bytes": coreml.weights_bytes(path),
+            }
+            if coreml_verify.compressed_bits(variant) is not None:
+                ratio = extra["weights_bytes"] / coreml.in_memory_weights_bytes(base("fp16"))
+                expected, problems = coreml_verify.weight_ratio_problems(path, variant, ratio)
+                extra.update(weights_ratio_vs_fp16=round(ratio, 4), weights_ratio_expected=round(expected, 4))
+                run.fail(name, [f"{name}: {p}" for p in problems])
+            stats = _verify_coreml(run, name, variant, path, classes, mean, std, softmax(reference))
+            metadata = coreml_verify.package_metadata(user_metadata, stats)
+            coreml.save(mlmodel, path, settings=run.settings, user_metadata=metadata, classifier=True)
+            run.add(path, format="coreml", precision=variant, **extra, **stats)
             run.fail(
                 name,
                 coreml.check_spec(
@@ -396,10 +402,9 @@ def _coreml(
                     image_size=image_size,
                     norm=norm,
                     classes=classes,
-                    user_metadata_keys=list(user_metadata),
+                    user_metadata_keys=list(metadata),
                 ),
             )
-            _verify_coreml(run, entry, path, classes, mean, std, softmax(reference))
 
 
 def _headless(
@@ -445,11 +450,17 @@ def _headless(
             )
             path = run.out_dir / f"{HEADLESS_COREML_STEM}_fp16.mlpackage"
             coreml.save(mlmodel, path, settings=run.settings, user_metadata=user_metadata, classifier=False)
-            entry = run.add(
-                path, format="coreml", precision="fp16", kind="embedding", minimum_deployment_target=target
+            stats = _verify_coreml(run, "headless_coreml_fp16", "fp16", path, None, mean, std, reference)
+            run.add(
+                path,
+                format="coreml",
+                precision="fp16",
+                kind="embedding",
+                minimum_deployment_target=target,
+                **stats,
             )
             run.fail(
-                entry["name"],
+                "headless_coreml_fp16",
                 coreml.check_spec(
                     path,
                     image_size=image_size,
@@ -458,25 +469,43 @@ def _headless(
                     user_metadata_keys=list(user_metadata),
                 ),
             )
-            _verify_coreml(run, entry, path, None, mean, std, reference)
 
 
 def _verify_coreml(
     run: _Run,
-    entry: dict,
+    name: str,
+    variant: str,
     path: Path,
     classes: list[str] | None,
     mean: Sequence[float],
     std: Sequence[float],
     reference: np.ndarray,
-) -> None:
-    """Predict with Core ML where it runs (macOS, compared in probability space); elsewhere say why not."""
+) -> dict[str, Any]:
+    """A saved package's figures from the reference executor (compared in probability space for a classifier)
+    with its gate; on macOS, MLModel.predict's figures beside them. Failed checks go to the errors."""
     from trainer.export import coreml
 
-    if sys.platform != "darwin":
-        entry.update(
-            {"val_top1": None, "top1_agreement": None, "latency_ms": None, "reason": coreml.NOT_MACOS_REASON}
+    labels = run.labels if classes is not None else None
+    predict = coreml_verify.reference_predictor(path, classes=classes, mean=mean, std=std)
+    outputs, stats = coreml_verify.measure(
+        predict, run.inputs, reference, labels, top1(reference, run.labels)
+    )
+    if variant == "fp32":
+        run.fail(name, fp32_problems(name, stats, reference))
+    stats["gate"] = coreml_verify.gate(variant, stats)
+    run.fail(name, coreml_verify.gate_problem(name, stats["gate"]))
+    if sys.platform == "darwin":
+        native = coreml.coreml_predictor(path, classes=classes, mean=mean, std=std)
+        _, stats["mlmodel_predict"] = evaluate(
+            native,
+            run.inputs,
+            reference,
+            labels,
+            runs=run.settings.latency_runs,
+            warmup=run.settings.latency_warmup,
+            threads=run.threads,
         )
-        return
-    predict = coreml.coreml_predictor(path, classes=classes, mean=mean, std=std)
-    run.verify(entry, predict, reference, classifier=classes is not None)
+        stats["latency_ms"] = stats["mlmodel_predict"].get("latency_ms")
+    else:
+        stats.update(latency_ms=None, reason=f"latency: {coreml.NOT_MACOS_REASON}")
+    return stats
