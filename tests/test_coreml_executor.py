@@ -145,7 +145,9 @@ def test_unknown_op_is_named(tmp_path: Path) -> None:
 
 def test_gates_and_own_metadata() -> None:
     assert gate_problem("coreml_fp16", gate("fp16", {"top1_agreement": 0.999})) == []
-    assert "must be >= 0.995" in gate_problem("coreml_fp16", gate("fp16", {"top1_agreement": 0.99}))[0]
+    assert gate_problem("coreml_fp16", gate("fp16", {"top1_agreement": 0.99})) == [
+        "coreml_fp16: failed check top1_agreement >= 0.995: measured 0.99"
+    ]
     assert gate_problem("coreml_int8", gate("int8", {"top1_drop_vs_fp32": 0.5})) == []
     assert (
         "0.6 but must be <= 0.5" in gate_problem("coreml_int8", gate("int8", {"top1_drop_vs_fp32": 0.6}))[0]

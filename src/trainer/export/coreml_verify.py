@@ -81,24 +81,23 @@ def measure(
 def gate(variant: str, stats: dict[str, Any]) -> dict[str, Any] | None:
     """The variant's accuracy gate with the measured value (None: no gate, or nothing measured)."""
     if variant == "fp16":
-        metric, limit, value = "top1_agreement", MIN_FP16_AGREEMENT, stats.get("top1_agreement")
-        passed = value is None or value >= limit
+        metric, relation, limit = "top1_agreement", ">=", MIN_FP16_AGREEMENT
     elif variant in MAX_TOP1_DROP:
-        metric, limit, value = "top1_drop_vs_fp32", MAX_TOP1_DROP[variant], stats.get("top1_drop_vs_fp32")
-        passed = value is None or value <= limit
+        metric, relation, limit = "top1_drop_vs_fp32", "<=", MAX_TOP1_DROP[variant]
     else:
         return None
+    value = stats.get(metric)
     if value is None:
         return None
-    return {"metric": metric, "limit": limit, "value": value, "passed": passed}
+    passed = value >= limit if relation == ">=" else value <= limit
+    return {"rule": f"{metric} {relation} {limit}", "value": value, "passed": passed}
 
 
 def gate_problem(name: str, check: dict[str, Any] | None) -> list[str]:
     """The failed check as one line with its figures (empty when it passed or there was none)."""
     if check is None or check["passed"]:
         return []
-    relation = ">=" if check["metric"] == "top1_agreement" else "<="
-    return [f"{name}: {check['metric']} is {check['value']} but must be {relation} {check['limit']}"]
+    return [f"{name}: failed check {check['rule']}: measured {check['value']}"]
 
 
 def package_metadata(user_metadata: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:

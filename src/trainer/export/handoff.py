@@ -112,6 +112,26 @@ def _trained(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _coreml_checks(artifacts: list[dict[str, Any]], images: int) -> list[str]:
+    """One line per measured Core ML classifier: its figures, drop against fp32 PyTorch, and gate."""
+    measured = [
+        a for a in artifacts if a["format"] == "coreml" and a["kind"] == "classifier" and a.get("runtime")
+    ]
+    if not measured:
+        return []
+    lines = ["", f"Core ML packages measured with the {measured[0]['runtime']}:", ""]
+    for a in measured:
+        check = a.get("gate")
+        verdict = f"gate {check['rule']}: {'passed' if check['passed'] else 'FAILED'}" if check else "no gate"
+        drop = a.get("top1_drop_vs_fp32")
+        lines.append(
+            f"- `{a['path']}`: val top-1 {accuracy_text(a.get('val_top1'), images)}, "
+            f"agreement {_pct(a.get('top1_agreement'))}, "
+            f"drop vs fp32 PyTorch {'n/a' if drop is None else f'{drop:+.2f} pt'}; {verdict}"
+        )
+    return lines
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """README.md for app developers, written from the manifest so the two never disagree."""
     classes, size = manifest["classes"], manifest["image_size"]
@@ -151,6 +171,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         *_artifact_rows(manifest),
         "",
         *[f"n/a: {r}." for r in reasons],
+        *_coreml_checks(manifest["artifacts"], manifest["val_images"]),
     ]
     if manifest["skipped"]:
         lines += ["", "Not produced:", "", *[f"- {s['name']}: {s['reason']}" for s in manifest["skipped"]]]
