@@ -43,10 +43,17 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def normalized_pixels(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random 8-bit RGB pixels (N, 3, S, S) and their normalized float32 tensor."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (count, 3, size, size)).astype(np.float32)
+    normalized = (pixels / 255.0 - np.reshape(MEAN, (1, 3, 1, 1))) / np.reshape(STD, (1, 3, 1, 1))
+    return pixels, normalized.astype(np.float32)
+
+
 def lively(model: nn.Module, size: int) -> nn.Module:
     """BatchNorm statistics taken from a random batch (everything else in eval mode), so that a randomly
     initialised network's features and logits depend on the image (with the default statistics most
-    backbones output near-constant zeros)."""
+    backbones output near-constant zeros). The batch is random pixels, like the images checked below."""
     torch.manual_seed(0)
     model.eval()  # dropout and stochastic depth off, as in the exported graph
     for module in model.modules():
@@ -55,7 +62,7 @@ def lively(model: nn.Module, size: int) -> nn.Module:
             module.momentum = None
             module.train()
     with torch.no_grad():
-        model(torch.randn(8, 3, size, size))
+        model(torch.from_numpy(normalized_pixels(8, size, seed=1)[1]))
     return model.eval()
 
 
@@ -111,10 +118,9 @@ def test_coreml_executor_matches_pytorch(exported: dict) -> None:
     ONNX and TorchScript get, on images whose outputs differ from each other (so a wrong channel, padding
     or op would show)."""
     size, model = exported["size"], exported["model"]
-    pixels = np.random.default_rng(0).integers(0, 256, (6, 3, size, size)).astype(np.float32)
-    normalized = (pixels / 255.0 - np.reshape(MEAN, (1, 3, 1, 1))) / np.reshape(STD, (1, 3, 1, 1))
+    pixels, normalized = normalized_pixels(6, size, seed=0)
     with torch.no_grad():
-        reference = torch.softmax(model(torch.from_numpy(normalized).float()), dim=1).numpy()
+        reference = torch.softmax(model(torch.from_numpy(normalized)), dim=1).numpy()
     assert np.ptp(reference, axis=0).max() > 0.005, "outputs must vary with the image for the check to bite"
     executor = CoreMLExecutor(exported["out"] / "ImageClassifier_fp32.mlpackage")
     outputs = executor.run(pixels)
