@@ -101,7 +101,7 @@ def executor_problems(package: Path, model: nn.Module) -> list[str]:
 def test_good_package_agrees_with_pytorch(packages: dict) -> None:
     inputs = images()
     reference = softmax(torch_predictor(packages["model"])(inputs))
-    assert np.ptp(reference, axis=0).max() > 0.05, "outputs must vary with the image for the check to bite"
+    assert np.ptp(reference, axis=0).max() > 0.02, "outputs must vary with the image for the check to bite"
     predict = reference_predictor(packages["good"], classes=CLASSES[::-1], mean=MEAN, std=STD)
     assert np.abs(predict(inputs)[:, ::-1] - reference).max() < 1e-5, "columns follow the requested order"
     assert executor_problems(packages["good"], packages["model"]) == []
