@@ -21,8 +21,6 @@ from torch import nn
 
 from trainer.data.data_config import DataConfig
 from trainer.export import export_all
-from trainer.export.coreml_executor import CoreMLExecutor
-from trainer.export.verify import FP32_RELATIVE_TOLERANCE
 
 tvm = torchvision.models
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
@@ -115,22 +113,3 @@ def test_backbone_exports_everywhere(exported: dict) -> None:
         == artifacts["model_torchscript.pt"]["top1_agreement"]
         == 1.0
     )
-
-
-def test_coreml_executor_matches_pytorch(exported: dict) -> None:
-    """The reference executor runs the fp32 package from raw pixels and equals PyTorch to the tolerance fp32
-    ONNX and TorchScript get, on images whose outputs differ from each other (so a wrong channel, padding
-    or op would show)."""
-    size, model = exported["size"], exported["model"]
-    pixels, normalized = normalized_pixels(6, size, seed=0)
-    with torch.no_grad():
-        reference = torch.softmax(model(torch.from_numpy(normalized)), dim=1).numpy()
-    if exported["name"] not in CHAOTIC:
-        assert np.ptp(reference, axis=0).max() > 0.005, (
-            "outputs must vary with the image for the check to bite"
-        )
-    executor = CoreMLExecutor(exported["out"] / "ImageClassifier_fp32.mlpackage")
-    outputs = executor.run(pixels)
-    assert executor.classes == CLASSES
-    assert outputs["classLabel"] == [CLASSES[i] for i in outputs["classLabel_probs"].argmax(1)]
-    assert np.abs(outputs["classLabel_probs"] - reference).max() < FP32_RELATIVE_TOLERANCE
