@@ -29,10 +29,12 @@ from trainer.training.callbacks import (
     AtomicCheckpointIO,
     FinetuneSchedule,
     ThroughputMeter,
+    WeightEMA,
     evaluation_results,
     write_evaluation,
 )
 from trainer.training.module import ClassifierModule
+from trainer.training.speed import resolve_memory_format, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +97,19 @@ def build_trainer(
     throughput = ThroughputMeter()
     finetune = FinetuneSchedule(cfg.finetune.freeze_epochs, cfg.finetune.freeze_bn)
     callbacks: list[L.Callback] = [checkpoints, throughput, finetune]
+    if cfg.finetune.get("ema_decay"):
+        callbacks.append(WeightEMA(float(cfg.finetune.ema_decay)))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    settings = {"precision": resolve_precision(cfg.trainer), **cpu_overrides(cfg.trainer), **overrides}
     trainer = instantiate(
         cfg.trainer,
-        **cpu_overrides(cfg.trainer),
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
-        **overrides,
+        **settings,
     )
     return trainer, throughput, checkpoints
 
@@ -148,7 +152,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data_config": data_config.to_dict(),
         "image_size": image_size,
     }
-    module = ClassifierModule(backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, meta)
+    memory_format = resolve_memory_format(cfg.get("memory_format"), cfg.trainer)
+    module = ClassifierModule(
+        backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, meta, memory_format
+    )
 
     trainer, throughput, checkpoints = build_trainer(cfg, run_dir)
     started = time.perf_counter()
@@ -183,6 +190,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "macs": count_macs(model, image_size),
         "epochs": trainer.current_epoch,
         "train_images_per_sec": throughput.images_per_sec,
+        "precision": str(trainer.precision),
+        "memory_format": str(memory_format).removeprefix("torch."),
         "train_seconds": train_seconds,
         "best_checkpoint": str(Path(best).resolve()),
         "pretrained_tensors_loaded": backbone.loaded_tensors,
