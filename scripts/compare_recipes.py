@@ -28,7 +28,7 @@ import torch
 from trainer.cli import compose_config
 from trainer.data.index import build_index
 from trainer.models import build_backbone
-from trainer.training.plain_recipe import train_plain
+from trainer.training.plain_recipe import split_folder_root, train_plain
 from trainer.training.run import train
 
 # Overrides of the defaults in conf/. `plain*` is torchvision's tutorial (trainer.training.plain_recipe), at
@@ -48,6 +48,8 @@ RECIPES: dict[str, list[str]] = {
     "head_first_1": ["finetune.freeze_epochs=1"],
     "backbone_lr_1.0": ["finetune.backbone_lr_mult=1.0"],
     "backbone_lr_0.2": ["finetune.backbone_lr_mult=0.2"],
+    "backbone_lr_0.1": ["finetune.backbone_lr_mult=0.1"],
+    "freeze_bn": ["finetune.freeze_bn=true"],
     "lr_3e-3": ["optim.lr=3e-3"],
     "lr_5e-4": ["optim.lr=5e-4"],
     "dropout_0": ["model.dropout=0.0"],
@@ -77,11 +79,7 @@ def run_recipe(name: str, base: list[str], size: int, epochs: int, seed: int) ->
             torch.set_num_threads(1)
             L.seed_everything(seed, workers=True)
             index = build_index(cfg.dataset)
-            root = Path(index.train[0][0]).parents[2]
-            if not ((root / "train").is_dir() and (root / "val").is_dir()):
-                raise ValueError(
-                    f"the plain recipe needs ROOT/train/<class>/ + ROOT/val/<class>/ (got {root})"
-                )
+            root = split_folder_root(index)
             model = build_backbone(cfg.model, index.num_classes).model
             result = train_plain(model, root, size, epochs, batch_size=int(cfg.dataset.batch_size))
             per_epoch, images_per_sec, val_images = (

@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
+from trainer.data.index import DatasetIndex
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -30,6 +32,16 @@ class PlainResult:
     @property
     def images_per_sec(self) -> float:
         return self.train_images / self.train_seconds
+
+
+def split_folder_root(index: DatasetIndex) -> Path:
+    """ROOT of the index's ROOT/train/<class>/ + ROOT/val/<class>/ files, which ImageFolder needs."""
+    root = Path(index.train[0][0]).parents[2]
+    if not ((root / "train").is_dir() and (root / "val").is_dir()):
+        raise ValueError(
+            f"the plain recipe needs ROOT/train/<class>/ + ROOT/val/<class>/ folders; {root} has not"
+        )
+    return root
 
 
 def plain_loaders(
