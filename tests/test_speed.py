@@ -6,13 +6,20 @@ import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import onnx
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from trainer.cli import compose_config
-from trainer.data.datamodule import ImageDataModule
+from trainer.data.datamodule import (
+    ImageDataModule,
+    decode_all,
+    read_image,
+    resolve_cache,
+    resolve_num_workers,
+)
 from trainer.data.index import build_index
 from trainer.models import build_backbone
 from trainer.training.module import ClassifierModule, backbone_blocks
@@ -138,3 +145,33 @@ def test_export_after_channels_last_bf16_ema_training_passes_the_agreement_gates
     assert shape[1:] == [3, 32, 32] and graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     ckpt = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
     assert "current_model_state" in ckpt  # the EMA is what was checkpointed (and exported)
+
+
+def test_decoded_cache_gives_the_same_pixels_as_decoding_every_epoch(tiny_folder, tmp_path):
+    from PIL import Image
+
+    big = tmp_path / "big" / "train" / "a"
+    big.mkdir(parents=True)
+    Image.new("RGB", (1200, 900), (10, 200, 30)).save(big / "photo.jpg", quality=90)
+    Image.new("RGB", (1200, 900), (10, 200, 30)).save(big / "scan.png")
+    samples = [(str(p), 0) for p in sorted((tiny_folder / "train" / "red").iterdir())[:3]]
+    samples += [(str(big / "photo.jpg"), 0), (str(big / "scan.png"), 0)]
+    decoded = decode_all(samples, min_side=64, threads=2)
+    for (path, _), array in zip(samples[:4], decoded, strict=False):
+        assert np.array_equal(array, np.asarray(read_image(path, 64)))  # JPEGs: exactly a fresh decode
+    assert decoded[3].shape == (113, 150, 3)  # drafted at 1/8 in the decoder: short side still >= 64
+    assert decoded[4].shape == (64, 85, 3)  # a PNG has no draft mode: shrunk so it cannot fill the memory
+    assert resolve_cache("auto", 1000, 256) and not resolve_cache("auto", 10**9, 448)
+    assert resolve_cache(False, 10, 64) is False
+    with pytest.raises(ValueError, match="dataset.cache='yes': use auto, true"):
+        resolve_cache("yes", 10, 64)
+
+
+def test_auto_workers_leave_the_cores_to_cpu_training_and_feed_a_gpu(monkeypatch):
+    monkeypatch.setattr("trainer.data.datamodule.cpu_cores", lambda: 2)
+    assert resolve_num_workers("auto", model_on_cpu=True) == 0
+    assert resolve_num_workers("auto", model_on_cpu=False) == 1
+    monkeypatch.setattr("trainer.data.datamodule.cpu_cores", lambda: 32)
+    assert resolve_num_workers("auto", model_on_cpu=True) == 8
+    assert resolve_num_workers("auto", model_on_cpu=False) == 16
+    assert resolve_num_workers(3, model_on_cpu=False) == 3
