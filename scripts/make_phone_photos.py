@@ -1,4 +1,4 @@
-"""Make a folder of phone-sized JPEGs (12 MP by default) from a train/val class folder, to measure decode cost.
+"""Make a folder of phone-sized JPEGs (12 MP by default) from a train/val class folder, to time decoding.
 
   python scripts/make_phone_photos.py ../shared/data/hymenoptera /tmp/photos12mp
   python scripts/benchmark_throughput.py dataset=folder dataset.root=/tmp/photos12mp model=mobilenet_v2 ...
