@@ -91,6 +91,9 @@ def main(argv: list[str]) -> dict:
             backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, None, memory_format
         )
         steps = max(2, min(args.steps, len(index.train) // datamodule.batch_size))
+        start = time.perf_counter()
+        cached = datamodule.decoded("train") is not None  # dataset.cache: decode once, before training
+        decode_once = time.perf_counter() - start
         in_memory = InMemoryBatches(list(itertools.islice(datamodule.train_dataloader(), steps)))
         plain_model = build_backbone(cfg.model, index.num_classes).model
         root = split_folder_root(index)
@@ -123,6 +126,8 @@ def main(argv: list[str]) -> dict:
         "precision": precision,
         "memory_format": str(memory_format).removeprefix("torch."),
         "steps": steps,
+        "cache": cached,
+        "decode_once_seconds": decode_once if cached else None,
         "repeats": args.repeats,
         **{f"{k}_images_per_sec": statistics.median(v) for k, v in figures.items() if k != "load"},
         "per_repeat": figures,
@@ -145,3 +150,5 @@ if __name__ == "__main__":
         f"{res['end_to_end_over_plain']:.2f}x\n"
         f"loader / bound = {res['loader_over_bound']:.2f}x  (>1: the loader alone outruns the model)"
     )
+    if res["cache"]:
+        print(f"decoding the training images once took {res['decode_once_seconds']:.1f} s (dataset.cache)")

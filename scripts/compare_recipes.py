@@ -59,6 +59,8 @@ RECIPES: dict[str, list[str]] = {
     "batch_16": ["dataset.batch_size=16"],
     "sgd": ["optim=sgd"],
     "layer_decay_0.8": ["finetune.layer_decay=0.8"],
+    "backbone_lr_0.2+layer_decay_0.8": ["finetune.backbone_lr_mult=0.2", "finetune.layer_decay=0.8"],
+    "backbone_lr_0.2+scale_0.35": ["finetune.backbone_lr_mult=0.2", "augment.scale=[0.35,1.0]"],
     "ema_0.9": ["finetune.ema_decay=0.9"],
     "fp32": ["trainer.precision=32-true", "memory_format=contiguous"],
 }
