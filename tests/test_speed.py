@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from trainer.cli import compose_config
+from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import (
     ImageDataModule,
     decode_all,
@@ -74,7 +75,8 @@ def fit_with_probe(tmp_path: Path, folder: Path, *overrides: str) -> list[dict]:
     probe = StepProbe()
     trainer, _, _ = build_trainer(cfg, tmp_path, max_epochs=1, limit_val_batches=0)
     trainer.callbacks.append(probe)
-    trainer.fit(module, datamodule=ImageDataModule.from_config(index, backbone.data_config, cfg))
+    data_config = DataConfig.resolve(backbone.data_config, int(cfg.dataset.image_size))
+    trainer.fit(module, datamodule=ImageDataModule.from_config(index, data_config, cfg))
     assert probe.steps
     return probe.steps
 
