@@ -47,6 +47,7 @@ RECIPES: dict[str, list[str]] = {
     "warmup_1": ["optim.warmup_epochs=1"],
     "head_first_1": ["finetune.freeze_epochs=1"],
     "backbone_lr_1.0": ["finetune.backbone_lr_mult=1.0"],
+    "backbone_lr_0.5": ["finetune.backbone_lr_mult=0.5"],
     "backbone_lr_0.2": ["finetune.backbone_lr_mult=0.2"],
     "backbone_lr_0.1": ["finetune.backbone_lr_mult=0.1"],
     "freeze_bn": ["finetune.freeze_bn=true"],
