@@ -126,7 +126,11 @@ def export_trained(
         calibration_paths=[p for p, _ in index.train],
         val_samples=index.val,
         metadata=metadata,
-        headless=headless_copy(backbone) if export_cfg.get("headless") else None,
+        headless=headless_copy(backbone)
+        if export_cfg.get("headless") or export_cfg.get("updatable")
+        else None,
+        head=model.get_submodule(backbone.head_name),
+        train_samples=index.train,
     )
 
 

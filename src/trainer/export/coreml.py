@@ -122,6 +122,17 @@ def w8a8_skip_reason(target_name: str) -> str | None:
     return None
 
 
+def image_input(image_size: int, norm: ImageNormalization) -> ct.ImageType:
+    """The raw-pixel RGB image input every Core ML artifact shares, with the normalization folded in."""
+    return ct.ImageType(
+        name=INPUT_NAME,
+        shape=(1, 3, image_size, image_size),
+        scale=norm.scale,
+        bias=list(norm.bias),
+        color_layout=ct.colorlayout.RGB,
+    )
+
+
 def convert(
     module: nn.Module,
     *,
@@ -134,13 +145,6 @@ def convert(
     """Trace and convert to an ML Program: a classifier when `classes` is given, else an embedding model."""
     wrapper = CoreMLWrapper(module, norm, classifier=classes is not None)
     traced = trace(wrapper, torch.rand(1, 3, image_size, image_size))
-    image = ct.ImageType(
-        name=INPUT_NAME,
-        shape=(1, 3, image_size, image_size),
-        scale=norm.scale,
-        bias=list(norm.bias),
-        color_layout=ct.colorlayout.RGB,
-    )
     head: dict[str, Any] = (
         {"classifier_config": ct.ClassifierConfig(list(classes))}
         if classes is not None
@@ -150,7 +154,7 @@ def convert(
         warnings.filterwarnings("ignore", message=r"Output, '.*', of the source model, has been renamed")
         return ct.convert(
             traced,
-            inputs=[image],
+            inputs=[image_input(image_size, norm)],
             convert_to="mlprogram",
             minimum_deployment_target=deployment_target(target_name),
             compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,

@@ -19,6 +19,8 @@ from trainer.export.manifest import write_text
 LABELS_NAME = "labels.txt"
 CARD_NAME = "README.md"
 SWIFT_NAME = "Classifier.swift"
+UPDATABLE_SWIFT_NAME = "UpdatableClassifier.swift"
+SIMULATION_NOTE = "the extractor's layers from the spec, then the k-NN rule or SGD step in numpy"
 
 
 def xcode_class_name(package: str | Path) -> str:
@@ -189,6 +191,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         *_trained(meta),
         "",
     ]
+    lines += _updatable_section(manifest)
     package = swift_package(manifest["artifacts"])
     if package:
         lines += [
@@ -201,6 +204,56 @@ def model_card(manifest: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def _updatable_section(manifest: dict[str, Any]) -> list[str]:
+    """How UpdatableClassifier.mlmodel learns on the phone, what it needs, and what it measured."""
+    entry = next((a for a in manifest["artifacts"] if a["kind"] == "updatable"), None)
+    if entry is None:
+        return []
+    kind, params = entry["updatable"], entry.get("update_parameters") or {}
+    lines = [
+        f"## On-device training: `{entry['path']}` ({kind})",
+        "",
+        "Core ML can update only NeuralNetwork and k-nearest-neighbour models (their specs carry the loss, "
+        "optimizer and epochs, or the example index); ML Programs (`.mlpackage`) cannot be trained on the "
+        "device. So this model is a classic `.mlmodel` (iOS 13+): a pipeline of the fine-tuned backbone "
+        "without its head (a NeuralNetwork, fp32, fixed) and "
+        + (
+            "an updatable k-nearest-neighbours classifier seeded with embeddings of "
+            "training images, so it classifies before any update."
+            if kind == "knn"
+            else "the trained linear head as an updatable fully connected layer with softmax, categorical "
+            "cross-entropy loss and SGD."
+        ),
+        "",
+        "- Inputs for prediction: `image`; for `MLUpdateTask`: "
+        + ", ".join(f"`{n}`" for n in entry["training_inputs"])
+        + " (the photo and its label as a string).",
+        "- Update parameters the app can change (`MLParameterKey`): "
+        + (", ".join(f"`{k}` (default {v})" for k, v in params.items()) if params else "none (k-NN)")
+        + ".",
+        f"- `{UPDATABLE_SWIFT_NAME}` classifies, runs `MLUpdateTask` on labelled `CGImage`s, saves the "
+        "updated model in the app's Documents folder and reloads it from there on the next launch.",
+        "- **knn** learns new classes from a few examples with no tuning (the label can be one the model has "
+        "never seen) and keeps every example it learns from, so its index (and prediction time) grows with "
+        "each; **head** keeps the fixed "
+        "class list and is usually more accurate, but needs a learning rate and epochs and can drift "
+        "towards the classes it was updated on.",
+    ]
+    result = entry.get("personalization")
+    if result:
+        lines += [
+            "",
+            f"Simulated on Linux with the model's own numbers ({SIMULATION_NOTE}): val top-1 before any "
+            f"update {_pct(entry.get('val_top1'))}. Personalization: class `{result['holdout_class']}` held "
+            f"out of {result['held_out_of']}, then learned from {result['update_examples']} of its training "
+            f"images: top-1 on its {result['holdout_val_images']} val images "
+            f"{_pct(result['holdout_top1_before'])} -> {_pct(result['holdout_top1_after'])}, on the other "
+            f"classes' {result['other_val_images']} {_pct(result['others_top1_before'])} -> "
+            f"{_pct(result['others_top1_after'])}.",
+        ]
+    return [*lines, ""]
 
 
 def write_model_card(out_dir: Path, manifest: dict[str, Any]) -> str:

@@ -170,6 +170,8 @@ def _export_into(
     val_samples: list[tuple[str, int]],
     metadata: dict,
     headless: nn.Module | None = None,
+    head: nn.Module | None = None,
+    train_samples: Sequence[tuple[str, int]] = (),
 ) -> dict:
     """Export `model` in every configured format to `out_dir`, verify each, and write manifest.json.
 
@@ -177,6 +179,8 @@ def _export_into(
     eval preprocessing, which every input here and the app's preprocessing follow; `calibration_paths` are
     training images for int8 calibration; `metadata` (backbone, dataset, val metrics, config hash, ...) goes
     into the Core ML models, the manifest and the model card.
+    `headless` (the model without its head), `head` and the labelled `train_samples` feed the feature
+    extractor and UpdatableClassifier exports (`export.headless`, `export.updatable`).
     Returns the manifest. Failed formats are listed in its `errors` (never raised): exit non-zero on them.
     Raises ValueError for an invalid `cfg` before anything is written.
     """
@@ -185,6 +189,7 @@ def _export_into(
         from trainer.export.coreml import deployment_target
 
         deployment_target(settings.deployment_target)
+    settings.on_device.check_data(settings.updatable, classes, [label for _, label in train_samples])
     model = copy.deepcopy(model).cpu().eval()
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
 
@@ -229,6 +234,20 @@ def _export_into(
         _coreml(run, model, classes, image_size, mean, std, reference, calibration, user_metadata)
     if settings.headless:
         _headless(run, headless, example, image_size, mean, std, user_metadata)
+    updatable_swift = None
+    if settings.updatable:
+        from trainer.export.updatable_export import export_updatable
+
+        updatable_swift = export_updatable(
+            run,
+            headless=headless,
+            head=head,
+            classes=classes,
+            data_config=data_config,
+            train_samples=train_samples,
+            reference_logits=reference,
+            user_metadata=user_metadata,
+        )
 
     manifest: dict[str, Any] = {
         "classes": list(classes),
@@ -264,6 +283,8 @@ def _export_into(
             manifest["handoff"].append(write_swift(out_dir, package, data_config))
         else:
             run.skip("Classifier.swift", "no Core ML classifier was exported")
+        if updatable_swift:
+            manifest["handoff"].append(updatable_swift)
         manifest["handoff"].append(CARD_NAME)
         write_model_card(out_dir, manifest)
     write_manifest(out_dir, manifest)

@@ -24,6 +24,7 @@ from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
 from trainer.data.scan import drop_bad_images
 from trainer.export.checkpoint import CheckpointError, export_trained, mai_score, read_checkpoint
+from trainer.export.settings import ExportSettings
 from trainer.models import build_backbone, count_macs, count_params
 from trainer.training.callbacks import (
     AtomicCheckpointIO,
@@ -141,6 +142,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         len(index.train),
         len(index.val),
     )
+    if cfg.export.enabled:  # a bad export setting fails now, not after training
+        settings = ExportSettings.from_config(cfg.export)
+        settings.on_device.check_data(settings.updatable, index.classes, [label for _, label in index.train])
     backbone = build_backbone(cfg.model, index.num_classes)
     data_config = DataConfig.resolve(backbone.data_config, int(cfg.dataset.image_size))
     image_size = data_config.size
