@@ -58,9 +58,9 @@ class EpochLines(ProgressBar):
 
 
 def progress_bar(stream: Any = None) -> ProgressBar:
-    """Rich's bar (where `rich` is installed) or tqdm's in a terminal, EpochLines when output goes anywhere
-    else."""
+    """In a terminal, a bar per epoch that stays (Rich's where `rich` is installed, else tqdm's); anywhere
+    else, EpochLines."""
     stream = sys.stdout if stream is None else stream
     if not stream.isatty():
         return EpochLines()
-    return RichProgressBar() if importlib.util.find_spec("rich") else TQDMProgressBar()
+    return RichProgressBar(leave=True) if importlib.util.find_spec("rich") else TQDMProgressBar(leave=True)
