@@ -12,6 +12,11 @@ import re
 from collections.abc import Sequence
 
 
+def is_own(name: str, own: Sequence[str]) -> bool:
+    """Whether logger `name` is one of the packages `own` or below one (`trainer.x`, not `trainer_x`)."""
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in own)
+
+
 class ConsoleFilter(logging.Filter):
     """Pass records of `own` loggers from INFO, of any other from WARNING, all of them when verbose.
 
@@ -25,13 +30,10 @@ class ConsoleFilter(logging.Filter):
         self.verbose = bool(verbose)
         self.hushed = [re.compile(pattern) for pattern in hushed]
 
-    def is_own(self, name: str) -> bool:
-        return any(name == prefix or name.startswith(prefix + ".") for prefix in self.own)
-
     def filter(self, record: logging.LogRecord) -> bool:
         if self.verbose or logging.getLogger().isEnabledFor(logging.DEBUG):  # hydra.verbose sets root DEBUG
             return True
-        if self.is_own(record.name):
+        if is_own(record.name, self.own):
             return record.levelno >= logging.INFO
         if record.levelno < logging.WARNING:
             return False
@@ -56,14 +58,14 @@ class ConsoleFormatter(logging.Formatter):
 
     def __init__(self, own: Sequence[str] = ()) -> None:
         super().__init__()
-        self.own = ConsoleFilter(own)
+        self.own = tuple(own)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        if record.levelno < logging.WARNING and self.own.is_own(record.name):
+        ours = is_own(record.name, self.own)
+        if ours and record.levelno < logging.WARNING:
             return text
-        where = "" if self.own.is_own(record.name) else f" [{record.name}]"
-        return f"{record.levelname}{where}: {text}"
+        return f"{record.levelname}{'' if ours else f' [{record.name}]'}: {text}"
 
 
 DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
