@@ -99,7 +99,9 @@ def build_trainer(
     )
     throughput = ThroughputMeter()
     finetune = FinetuneSchedule(cfg.finetune.freeze_epochs, cfg.finetune.freeze_bn)
-    callbacks: list[L.Callback] = [checkpoints, throughput, finetune, progress_bar()]
+    callbacks: list[L.Callback] = [checkpoints, throughput, finetune]
+    if overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
+        callbacks.append(progress_bar())
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
