@@ -101,7 +101,9 @@ class _Run:
     errors: list[dict[str, str]] = field(default_factory=list)
 
     def guard(self, what: str) -> AbstractContextManager[None]:
-        """Record an exception from the block as an error of `what` instead of aborting the export."""
+        """Record an exception from the block as an error of `what` instead of aborting the export; a line
+        per stage on the console, so a long export shows where it is."""
+        log.info("Exporting %s", what)
         return record_errors(self.errors, "artifact", what)
 
     def fail(self, what: str, problems: list[str]) -> None:
