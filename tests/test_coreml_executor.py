@@ -144,9 +144,9 @@ def test_unknown_op_is_named(tmp_path: Path) -> None:
 
 
 def test_gates_and_own_metadata() -> None:
-    assert gate_problem("coreml_fp16", gate("fp16", {"top1_agreement": 0.999})) == []
-    assert gate_problem("coreml_fp16", gate("fp16", {"top1_agreement": 0.99})) == [
-        "coreml_fp16: failed check top1_agreement >= 0.995: measured 0.99"
+    assert gate_problem("coreml_fp16", gate("fp16", {"top1_agreement_beyond_ties": 0.999})) == []
+    assert gate_problem("coreml_fp16", gate("fp16", {"top1_agreement_beyond_ties": 0.99})) == [
+        "coreml_fp16: failed check top1_agreement_beyond_ties >= 0.995: measured 0.99"
     ]
     assert gate_problem("coreml_int8", gate("int8", {"top1_drop_vs_fp32": 0.5})) == []
     assert gate_problem("coreml_int8", gate("int8", {"top1_drop_vs_fp32": 0.6})) == [
@@ -182,3 +182,20 @@ def test_int8_size_expectation_at_alpha_035(tmp_path: Path) -> None:
     fp16.save(str(plain))
     _, missed = weight_ratio_problems(plain, "int8", 1.0)
     assert any("left in fp16" in p for p in missed)
+
+
+def test_fp16_gate_forgives_only_near_ties() -> None:
+    """A flip between two classes PyTorch itself scores within FP16_TIE is a tie; a clear flip is not."""
+    reference = np.array([[0.50, 0.49, 0.01], [0.90, 0.05, 0.05], [0.2, 0.7, 0.1]])
+    tie_flip = np.array([[0.49, 0.50, 0.01], [0.90, 0.05, 0.05], [0.2, 0.7, 0.1]])
+    clear_flip = np.array([[0.50, 0.49, 0.01], [0.05, 0.90, 0.05], [0.2, 0.7, 0.1]])
+    labels = np.array([0, 0, 1])
+
+    def stats_of(outputs: np.ndarray) -> dict:
+        return measure(lambda batch: outputs[: len(batch)], reference, reference, labels, None)[1]
+
+    tie, clear = stats_of(tie_flip), stats_of(clear_flip)
+    assert tie["top1_agreement"] == pytest.approx(2 / 3) and tie["top1_agreement_beyond_ties"] == 1.0
+    assert gate("fp16", tie)["passed"]
+    assert clear["top1_agreement_beyond_ties"] == pytest.approx(2 / 3)
+    assert not gate("fp16", clear)["passed"]

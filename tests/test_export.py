@@ -341,7 +341,8 @@ def test_every_coreml_variant_is_measured(exported: dict) -> None:
         assert float(meta["val_top1"]) == artifact["val_top1"]
         assert float(meta["pytorch_val_top1"]) == METADATA["val_top1"]
     fp16 = entry(manifest, "ImageClassifier_fp16.mlpackage")
-    assert fp16["gate"]["rule"] == "top1_agreement >= 0.995" and fp16["top1_agreement"] >= 0.995
+    assert fp16["gate"]["rule"] == "top1_agreement_beyond_ties >= 0.995"
+    assert fp16["top1_agreement_beyond_ties"] >= 0.995 and fp16["top1_agreement"] >= 0.995
     assert (
         entry(manifest, "ImageClassifier_palettize6.mlpackage")["gate"]["rule"] == "top1_drop_vs_fp32 <= 1.0"
     )
