@@ -27,8 +27,9 @@ def prepare_storage(sweep_dir: Path, storage: str | None, study_name: str | None
     (sweep_dir / POINTER_NAME).write_text(yaml.safe_dump(pointer), encoding="utf-8")
 
 
-def study_trials(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    """(the pointer, one row per trial: number, state, value, params) of the sweep's study; None without one.
+def study_trials(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]] | None:
+    """(the pointer, one row per trial: number, state, value, params, the sorted param names) of the sweep's
+    study; None without one.
 
     The study holds every trial run against it, this sweep's and those of earlier runs it resumed.
     """
@@ -42,7 +43,8 @@ def study_trials(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
         {"trial": t.number, "state": t.state.name.lower(), "value": t.value, **t.params}
         for t in study.get_trials(deepcopy=False)
     ]
-    return pointer, rows
+    params = sorted({key for row in rows for key in row} - {"trial", "state", "value"})
+    return pointer, rows, params
 
 
 def study_markdown(sweep_dir: Path) -> list[str]:
@@ -52,8 +54,7 @@ def study_markdown(sweep_dir: Path) -> list[str]:
     found = study_trials(sweep_dir)
     if found is None:
         return []
-    pointer, rows = found
-    params = sorted({key for row in rows for key in row} - {"trial", "state", "value"})
+    pointer, rows, params = found
     ranked = sorted(rows, key=lambda r: (r["value"] is None, -(r["value"] or 0.0)))
     return [
         "## Optuna study",

@@ -48,8 +48,7 @@ def study_lines(sweep_dir: Path) -> list[str]:
     found = study_trials(sweep_dir)
     if found is None:
         return []
-    pointer, rows = found
-    params = sorted({key for row in rows for key in row} - {"trial", "state", "value"})
+    pointer, rows, params = found
     table = [
         [str(r["trial"]), r["state"], _cell(r["value"]), *(_cell(r.get(p)) for p in params)] for r in rows
     ]
