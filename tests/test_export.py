@@ -29,6 +29,7 @@ from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
 from trainer.export import coreml, export_all
 from trainer.export import onnx as onnx_format
+from trainer.export.coreml_verify import RUNTIME
 from trainer.export.handoff import xcode_class_name
 from trainer.export.manifest import atomic_output, sha256, size_bytes
 from trainer.export.torchscript import lite_unavailable_reason
@@ -317,17 +318,37 @@ def test_compressed_coreml_variants_are_smaller(exported: dict) -> None:
     )
 
 
-def test_coreml_figures_or_reason(exported: dict) -> None:
-    for artifact in exported["manifest"]["artifacts"]:
+def test_every_coreml_variant_is_measured(exported: dict) -> None:
+    """The reference executor measures each package on the val images (on macOS MLModel.predict as well);
+    each compressed package carries its own figures in its metadata, PyTorch's under pytorch_*."""
+    manifest, out = exported["manifest"], exported["out"]
+    for artifact in manifest["artifacts"]:
         if artifact["format"] != "coreml":
             continue
+        assert artifact["runtime"] == RUNTIME and artifact["executor_ms_per_image"] > 0
         if sys.platform == "darwin":
-            assert artifact["latency_ms"] > 0
-            if artifact["kind"] == "classifier":
-                assert artifact["top1_agreement"] >= 0.95
+            assert artifact["latency_ms"] > 0 and "val_top1" in artifact["mlmodel_predict"]
         else:
-            assert artifact["val_top1"] is None and artifact["latency_ms"] is None
-            assert "macOS" in artifact["reason"]
+            assert artifact["latency_ms"] is None and "macOS" in artifact["reason"]
+        if artifact["kind"] == "embedding":
+            assert artifact["min_cosine_similarity"] > 0.99
+            continue
+        assert artifact["top1_agreement"] >= 0.95
+        assert artifact["top1_drop_vs_fp32"] == pytest.approx(
+            100 * (manifest["pytorch_val_top1"] - artifact["val_top1"]), abs=1e-3
+        )
+        assert artifact["gate"]["passed"], artifact["gate"]
+        meta = ct.models.utils.load_spec(str(out / artifact["path"])).description.metadata.userDefined
+        assert float(meta["val_top1"]) == artifact["val_top1"]
+        assert float(meta["pytorch_val_top1"]) == METADATA["val_top1"]
+    fp16 = entry(manifest, "ImageClassifier_fp16.mlpackage")
+    assert fp16["gate"]["rule"] == "top1_agreement_beyond_ties >= 0.995"
+    assert fp16["top1_agreement_beyond_ties"] >= 0.995 and fp16["top1_agreement"] >= 0.995
+    assert (
+        entry(manifest, "ImageClassifier_palettize6.mlpackage")["gate"]["rule"] == "top1_drop_vs_fp32 <= 1.0"
+    )
+    card = (out / "README.md").read_text()
+    assert "`ImageClassifier_int8.mlpackage`: val top-1" in card and "gate top1_drop_vs_fp32 <= 0.5" in card
 
 
 def test_skipped_variants_give_reasons(exported: dict) -> None:

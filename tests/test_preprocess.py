@@ -29,6 +29,7 @@ from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import DatasetIndex
 from trainer.data.transforms import eval_transform
 from trainer.export import coreml, export_all, pipeline
+from trainer.export import onnx as onnx_format
 from trainer.export.confidence import accuracy_text, wilson_interval
 from trainer.export.handoff import swift_classifier
 from trainer.export.predict import preprocess_images, read_manifest
@@ -92,7 +93,7 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict:
     val_batch, _ = next(iter(ImageDataModule.from_config(index, data_config, cfg).val_dataloader()))
 
     recorded: dict[str, list[np.ndarray]] = {"reference": [], "calibration": []}
-    run_batches, quantize_int8 = pipeline.run_batches, pipeline.quantize_int8
+    run_batches, quantize_int8 = pipeline.run_batches, onnx_format.quantize_int8
 
     def record_reference(predict, inputs, *args, **kwargs):
         recorded["reference"].append(inputs)
@@ -104,7 +105,7 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "run_batches", record_reference)
-        patch.setattr(pipeline, "quantize_int8", record_calibration)
+        patch.setattr(onnx_format, "quantize_int8", record_calibration)
         cfg_export = export_config(
             formats=["onnx", "coreml"],
             **{"coreml.quantize": ["fp16"], "author": None, "license": None, "version": None},

@@ -51,6 +51,7 @@ def train(cfg: DictConfig) -> float | None:
 def export(cfg: DictConfig) -> None:
     """Export a checkpoint without retraining; exits 1 if any format failed (the others are kept)."""
     from trainer.checks import check_export
+    from trainer.console.summary import artifact_table
     from trainer.export.checkpoint import export_trained, load_checkpoint
 
     def job(cfg: DictConfig) -> dict:
@@ -58,9 +59,9 @@ def export(cfg: DictConfig) -> None:
         backbone, meta = load_checkpoint(cfg.ckpt)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt).resolve().parents[1] / "export"
         manifest = export_trained(backbone, meta, cfg.export, out_dir)
+        log.info("%s", "\n".join([f"Exported to {out_dir}", *artifact_table(manifest)]))
         if manifest["errors"]:
             raise RuntimeError(f"export failed for: {manifest['errors']} (see {out_dir / 'manifest.json'})")
-        log.info("Exported %d artifacts to %s", len(manifest["artifacts"]), out_dir)
         return manifest
 
     exit_on_user_error(job, cfg)

@@ -115,7 +115,8 @@ def export_trained(
         "config_hash": (metrics or {}).get("config_hash"),
         **{k: v for k, v in (metrics or {}).items() if k.startswith("val_") and v is not None},
     }
-    model = backbone.model.cpu().eval()
+    # Trained in channels_last and/or bf16 autocast or not, every format is made from fp32 NCHW weights.
+    model = backbone.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
     return export_all(
         model,
         classes=list(meta["classes"]),
@@ -125,7 +126,11 @@ def export_trained(
         calibration_paths=[p for p, _ in index.train],
         val_samples=index.val,
         metadata=metadata,
-        headless=headless_copy(backbone) if export_cfg.get("headless") else None,
+        headless=headless_copy(backbone)
+        if export_cfg.get("headless") or export_cfg.get("updatable")
+        else None,
+        head=model.get_submodule(backbone.head_name),
+        train_samples=index.train,
     )
 
 

@@ -3,10 +3,12 @@
 Apps hand the model raw RGB pixels (0-255). Core ML's ImageType applies `scale * pixel + bias[c]` with one
 scalar scale, so the per-channel std of the training normalization cannot be expressed exactly there: the
 ImageType gets scale = 1 / (255 * mean(std)) and bias[c] = -mean[c] / std[c], and where the stds differ the
-traced graph starts with an exact per-channel affine correction (see `ImageNormalization`).
+traced graph starts with a per-channel affine correction (see `ImageNormalization`). In an fp16 model the
+correction's coefficients are stored in fp16, so it is exact only to CORRECTION_TOLERANCE.
 
 The `coreml` row of the format table (formats.py): `export`, `export_headless`, and `verify`, the one place
-that decides how a saved .mlpackage is run on the val images.
+that decides how a saved .mlpackage is run on the val images (the reference executor everywhere, and
+MLModel.predict beside it on macOS).
 """
 
 from __future__ import annotations
@@ -27,12 +29,23 @@ import torch
 from PIL import Image
 from torch import nn
 
+from trainer.export.coreml_verify import (
+    WEIGHT_THRESHOLD,
+    compressed_bits,
+    gate,
+    gate_problem,
+    measure,
+    package_metadata,
+    pixel_arrays,
+    reference_predictor,
+    weight_ratio_problems,
+)
 from trainer.export.formats import RuntimeUnavailable
 from trainer.export.job import ExportJob
 from trainer.export.manifest import atomic_output, size_bytes
 from trainer.export.settings import ExportSettings, palette_bits
 from trainer.export.torchscript import trace
-from trainer.export.verify import Predict, softmax
+from trainer.export.verify import Predict, evaluate, fp32_problems, softmax, top1
 
 INPUT_NAME = "image"
 LABEL_OUTPUT = "classLabel"
@@ -43,11 +56,16 @@ WEIGHTS_DIR = "Data/com.apple.CoreML/weights"
 NOT_MACOS_REASON = f"Core ML runs models only on macOS (MLModel.predict); this is {sys.platform}"
 CLASSIFIER_STEM = "ImageClassifier"
 HEADLESS_STEM = "FeatureExtractor"
+# Largest error the stored correction may add, in normalized units over the whole 0-255 pixel range: fp16
+# coefficients near 1 are within 2^-11 (4.9e-4) relatively, times |input| <= 2.7 for ImageNet statistics,
+# plus the converter's batch_norm epsilon (1e-5). A missing correction errs by about 0.03 there.
+CORRECTION_TOLERANCE = 2e-3
 
 
 @dataclass(frozen=True)
 class ImageNormalization:
-    """ImageType scale/bias plus the in-graph correction that makes them equal (pixel/255 - mean) / std.
+    """ImageType scale/bias plus the in-graph correction that makes them equal (pixel/255 - mean) / std
+    (to CORRECTION_TOLERANCE once the correction is stored in fp16).
 
     ImageType gives y[c] = pixel / (255 * s) - mean[c] / std[c] with s = mean(std). The wanted value is
     pixel / (255 * std[c]) - mean[c] / std[c] = gain[c] * y[c] + offset[c] with gain[c] = s / std[c] and
@@ -69,6 +87,14 @@ class ImageNormalization:
         gain = shared / std64
         offset = (gain - 1.0) * mean64 / std64
         return cls(1.0 / (255.0 * shared), bias, tuple(map(float, gain)), tuple(map(float, offset)))
+
+    def correction_error(self, gain: np.ndarray, offset: np.ndarray) -> float:
+        """Largest |difference| between a stored correction (gain, offset) and this one, in normalized units,
+        over every input the ImageType can give (pixels 0..255)."""
+        want_gain = np.ones(3) if self.gain is None else np.asarray(self.gain)
+        want_offset = np.zeros(3) if self.offset is None else np.asarray(self.offset)
+        ends = np.stack([np.asarray(self.bias), 255.0 * self.scale + np.asarray(self.bias)])
+        return float(np.abs((gain - want_gain) * ends + (offset - want_offset)).max())
 
     def image_type_output(self, pixels: np.ndarray) -> np.ndarray:
         """What Core ML feeds the graph for (N, 3, H, W) raw pixels: scale * pixel + bias[c]."""
@@ -114,6 +140,17 @@ def w8a8_skip_reason(target_name: str) -> str | None:
     return None
 
 
+def image_input(image_size: int, norm: ImageNormalization) -> ct.ImageType:
+    """The raw-pixel RGB image input every Core ML artifact shares, with the normalization folded in."""
+    return ct.ImageType(
+        name=INPUT_NAME,
+        shape=(1, 3, image_size, image_size),
+        scale=norm.scale,
+        bias=list(norm.bias),
+        color_layout=ct.colorlayout.RGB,
+    )
+
+
 def convert(
     module: nn.Module,
     *,
@@ -126,13 +163,6 @@ def convert(
     """Trace and convert to an ML Program: a classifier when `classes` is given, else an embedding model."""
     wrapper = CoreMLWrapper(module, norm, classifier=classes is not None)
     traced = trace(wrapper, torch.rand(1, 3, image_size, image_size))
-    image = ct.ImageType(
-        name=INPUT_NAME,
-        shape=(1, 3, image_size, image_size),
-        scale=norm.scale,
-        bias=list(norm.bias),
-        color_layout=ct.colorlayout.RGB,
-    )
     head: dict[str, Any] = (
         {"classifier_config": ct.ClassifierConfig(list(classes))}
         if classes is not None
@@ -142,7 +172,7 @@ def convert(
         warnings.filterwarnings("ignore", message=r"Output, '.*', of the source model, has been renamed")
         return ct.convert(
             traced,
-            inputs=[image],
+            inputs=[image_input(image_size, norm)],
             convert_to="mlprogram",
             minimum_deployment_target=deployment_target(target_name),
             compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
@@ -153,13 +183,17 @@ def convert(
 def compress(base: ct.models.MLModel, variant: str, calibration: list[Image.Image]) -> ct.models.MLModel:
     """A compressed copy of an fp16 model: 'int8', 'palettizeN' or 'w8a8' (see w8a8_skip_reason)."""
     int8 = cto.OptimizationConfig(
-        global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
+        global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", weight_threshold=WEIGHT_THRESHOLD
+        )
     )
     if variant == "int8":
         return cto.linear_quantize_weights(base, int8)
     bits = palette_bits(variant)
     if bits is not None:
-        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits))
+        config = cto.OptimizationConfig(
+            global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=WEIGHT_THRESHOLD)
+        )
         return cto.palettize_weights(base, config)
     if variant == "w8a8":
         activations = cto.OptimizationConfig(
@@ -225,17 +259,6 @@ def in_memory_weights_bytes(mlmodel: ct.models.MLModel) -> int:
     return size_bytes(Path(mlmodel.weights_dir))
 
 
-def max_weight_ratio(variant: str) -> float | None:
-    """Largest weight size, as a fraction of fp16, that a compressed variant may have (None: no limit).
-
-    n-bit weights take n/16 of fp16; the margin covers scales, look-up tables and small layers left in fp16.
-    """
-    if variant in ("int8", "w8a8"):
-        return 0.55
-    bits = palette_bits(variant)
-    return None if bits is None else bits / 16 + 0.075
-
-
 def _values(value: Any) -> list[Any]:
     """The flat contents of an immediate MIL value (a tensor, or a list of tensors such as class labels)."""
     immediate = value.immediateValue
@@ -253,6 +276,53 @@ def _input_values(ops: dict[str, Any], op: Any, name: str) -> list[Any]:
     return _values(binding.value)
 
 
+def _channel_values(var: Any) -> np.ndarray | None:
+    """A constant's per-channel values (3, or 1 broadcast to 3); None when `var` is not such a constant."""
+    if var is None or var.val is None or np.size(var.val) not in (1, 3):
+        return None
+    return np.broadcast_to(np.asarray(var.val, np.float64).reshape(-1), (3,))
+
+
+def stored_correction(package: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel affine (gain, offset) that the ops after the image's scale/bias apply, as stored.
+
+    Follows the image through casts and the batch_norm / mul / add ops with per-channel constants that the
+    converter makes of `CoreMLWrapper`'s correction, up to the first other op (the backbone's first layer).
+    """
+    from trainer.export.coreml_executor.program import load_program
+
+    main = load_program(package)[1].functions["main"]
+    var = main.inputs[INPUT_NAME]
+    image_ops = {f"{INPUT_NAME}__scaled__", f"{INPUT_NAME}__biased__"}
+    gain, offset = np.ones(3), np.zeros(3)
+    while len(var.child_ops) == 1:
+        op = var.child_ops[0]
+        inputs = op.inputs
+        if op.outputs[0].name in image_ops or op.op_type == "cast":
+            pass
+        elif op.op_type == "batch_norm":
+            consts = [_channel_values(inputs.get(k)) for k in ("mean", "variance", "gamma", "beta")]
+            if consts[0] is None or consts[1] is None:
+                break
+            mean, variance = consts[0], consts[1]
+            gamma = consts[2] if consts[2] is not None else np.ones(3)
+            beta = consts[3] if consts[3] is not None else np.zeros(3)
+            scale = gamma / np.sqrt(variance + float(inputs["epsilon"].val))
+            gain, offset = gain * scale, (offset - mean) * scale + beta
+        elif op.op_type in ("mul", "add"):
+            other = inputs["y"] if inputs["x"] is var else inputs["x"]
+            values = _channel_values(other)
+            if values is None:
+                break
+            gain, offset = (
+                (gain * values, offset * values) if op.op_type == "mul" else (gain, offset + values)
+            )
+        else:
+            break
+        var = op.outputs[0]
+    return gain, offset
+
+
 def check_spec(
     package: Path,
     *,
@@ -263,9 +333,10 @@ def check_spec(
 ) -> list[str]:
     """Problems with a saved .mlpackage's interface (empty when it is what apps expect).
 
-    Checks the image input (RGB, size), the scale/bias ops the converter inserts, the outputs, the class
-    labels and their order, and the metadata (author, license, version and description non-empty; for a
-    classifier Xcode's preview type).
+    Checks the image input (RGB, size), the scale/bias ops the converter inserts, the per-channel correction
+    after them (to CORRECTION_TOLERANCE: it is stored in fp16), the outputs, the class labels and their
+    order, and the metadata (author, license, version and description non-empty; for a classifier Xcode's
+    preview type).
     """
     spec = ct.models.utils.load_spec(str(package))
     problems = []
@@ -287,6 +358,14 @@ def check_spec(
     bias = _input_values(ops, bias_op, "y") if bias_op is not None else [0.0, 0.0, 0.0]
     if not np.allclose(scale, [norm.scale], rtol=1e-6) or not np.allclose(bias, norm.bias, rtol=1e-6):
         problems.append(f"image scale/bias are {scale}/{bias}, expected {norm.scale}/{list(norm.bias)}")
+    gain, offset = stored_correction(package)
+    error = norm.correction_error(gain, offset)
+    if error > CORRECTION_TOLERANCE:
+        problems.append(
+            f"in-graph correction is gain {gain.round(5).tolist()} / offset {offset.round(5).tolist()}, "
+            f"expected {norm.gain or [1.0] * 3} / {norm.offset or [0.0] * 3}: off by up to {error:.3g} "
+            f"normalized units (tolerance {CORRECTION_TOLERANCE})"
+        )
 
     outputs = {o.name: o.type.WhichOneof("Type") for o in spec.description.output}
     if classes is None:
@@ -320,10 +399,8 @@ def check_spec(
 
 
 def to_pixels(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> list[Image.Image]:
-    """Undo the normalization of preprocessed (N, 3, S, S) inputs: the RGB images an app would pass."""
-    pixels = (inputs * np.asarray(std).reshape(1, 3, 1, 1) + np.asarray(mean).reshape(1, 3, 1, 1)) * 255.0
-    arrays = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    return [Image.fromarray(a) for a in arrays]
+    """The RGB images of preprocessed (N, 3, S, S) inputs, as Core ML's image input takes them."""
+    return [Image.fromarray(a) for a in pixel_arrays(inputs, mean, std).transpose(0, 2, 3, 1)]
 
 
 def coreml_predictor(
@@ -347,7 +424,8 @@ def coreml_predictor(
 
 def export(job: ExportJob) -> None:
     """ImageClassifier_<variant>.mlpackage for each coreml.quantize variant, from one fp32 or fp16 conversion;
-    each is spec-checked, size-checked when compressed, and verified (`verify`)."""
+    each is measured by the reference executor (`verify`), gets its own figures in its metadata, and is
+    size-checked when compressed and spec-checked."""
     norm = ImageNormalization.from_stats(job.mean, job.std)
     target = job.settings.deployment_target
     bases: dict[str, Any] = {}
@@ -383,16 +461,20 @@ def export(job: ExportJob) -> None:
                 mlmodel = compress(mlmodel, variant, to_pixels(job.calibration, job.mean, job.std))
             path = job.out_dir / f"{CLASSIFIER_STEM}_{variant}.mlpackage"
             save(mlmodel, path, settings=job.settings, user_metadata=job.user_metadata, classifier=True)
-            entry = job.add(path, format="coreml", precision=variant, minimum_deployment_target=target)
-            entry["weights_bytes"] = weights_bytes(path)
-            limit = max_weight_ratio(variant)
-            if limit is not None:
-                ratio = entry["weights_bytes"] / in_memory_weights_bytes(base("fp16"))
-                entry["weights_ratio_vs_fp16"] = round(ratio, 4)
-                if ratio > limit:
-                    job.fail(name, [f"{name}: weights are {ratio:.3f}x the fp16 size (limit {limit:.3f}x)"])
-            job.fail(name, _check_saved(job, path, norm, job.classes))
-            verify(job, entry, path, job.classes, softmax(job.reference))
+            extra: dict[str, Any] = {
+                "minimum_deployment_target": target,
+                "weights_bytes": weights_bytes(path),
+            }
+            if compressed_bits(variant) is not None:
+                ratio = extra["weights_bytes"] / in_memory_weights_bytes(base("fp16"))
+                expected, problems = weight_ratio_problems(path, variant, ratio)
+                extra.update(weights_ratio_vs_fp16=round(ratio, 4), weights_ratio_expected=round(expected, 4))
+                job.fail(name, [f"{name}: {p}" for p in problems])
+            stats = verify(job, name, variant, path, job.classes, softmax(job.reference))
+            metadata = package_metadata(job.user_metadata, stats)
+            save(mlmodel, path, settings=job.settings, user_metadata=metadata, classifier=True)
+            job.add(path, format="coreml", precision=variant, **extra, **stats)
+            job.fail(name, _check_saved(job, path, norm, job.classes, metadata))
 
 
 def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray) -> None:
@@ -410,35 +492,68 @@ def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray)
         )
         path = job.out_dir / f"{HEADLESS_STEM}_fp16.mlpackage"
         save(mlmodel, path, settings=job.settings, user_metadata=job.user_metadata, classifier=False)
-        entry = job.add(
-            path, format="coreml", precision="fp16", kind="embedding", minimum_deployment_target=target
+        stats = verify(job, "headless_coreml_fp16", "fp16", path, None, reference)
+        job.add(
+            path,
+            format="coreml",
+            precision="fp16",
+            kind="embedding",
+            minimum_deployment_target=target,
+            **stats,
         )
-        job.fail(entry["name"], _check_saved(job, path, norm, None))
-        verify(job, entry, path, None, reference)
+        job.fail("headless_coreml_fp16", _check_saved(job, path, norm, None, job.user_metadata))
 
 
 def _check_saved(
-    job: ExportJob, path: Path, norm: ImageNormalization, classes: list[str] | None
+    job: ExportJob,
+    path: Path,
+    norm: ImageNormalization,
+    classes: list[str] | None,
+    metadata: dict[str, Any],
 ) -> list[str]:
     return check_spec(
         path,
         image_size=job.image_size,
         norm=norm,
         classes=classes,
-        user_metadata_keys=list(job.user_metadata),
+        user_metadata_keys=list(metadata),
     )
 
 
-def verify(job: ExportJob, entry: dict, path: Path, classes: list[str] | None, reference: np.ndarray) -> None:
-    """Run a saved .mlpackage on the val images (compared in probability space for a classifier), or record
-    in `entry` why it cannot run here."""
+def verify(
+    job: ExportJob,
+    name: str,
+    variant: str,
+    path: Path,
+    classes: list[str] | None,
+    reference: np.ndarray,
+) -> dict[str, Any]:
+    """A saved package's figures from the reference executor on the val images (compared in probability
+    space for a classifier) with its gate; on macOS MLModel.predict's figures beside them. Failed checks
+    go to the job's errors."""
+    labels = job.labels if classes is not None else None
+    predict = reference_predictor(path, classes=classes, mean=job.mean, std=job.std)
+    _, stats = measure(predict, job.inputs, reference, labels, top1(job.reference, job.labels))
+    if variant == "fp32":
+        job.fail(name, fp32_problems(name, stats, reference))
+    stats["gate"] = gate(variant, stats)
+    job.fail(name, gate_problem(name, stats["gate"]))
     try:
         check_runtime()
     except RuntimeUnavailable as exc:
-        entry.update({"val_top1": None, "top1_agreement": None, "latency_ms": None, "reason": str(exc)})
-        return
-    predict = coreml_predictor(path, classes=classes, mean=job.mean, std=job.std)
-    job.verify(entry, predict, reference, classifier=classes is not None)
+        stats.update(latency_ms=None, reason=f"latency: {exc}")
+        return stats
+    _, stats["mlmodel_predict"] = evaluate(
+        coreml_predictor(path, classes=classes, mean=job.mean, std=job.std),
+        job.inputs,
+        reference,
+        labels,
+        runs=job.settings.latency_runs,
+        warmup=job.settings.latency_warmup,
+        threads=job.threads,
+    )
+    stats["latency_ms"] = stats["mlmodel_predict"].get("latency_ms")
+    return stats
 
 
 def check_runtime() -> None:

@@ -23,6 +23,8 @@ CARD_NAME = "README.md"
 SWIFT_NAME = "Classifier.swift"
 KOTLIN_NAME = "Classifier.kt"
 LITERT_DEPENDENCY = "com.google.ai.edge.litert:litert:1.4.1"  # the Interpreter API, minSdk 21
+UPDATABLE_SWIFT_NAME = "UpdatableClassifier.swift"
+SIMULATION_NOTE = "the extractor's layers from the spec, then the k-NN rule or SGD step in numpy"
 
 
 def xcode_class_name(package: str | Path) -> str:
@@ -122,6 +124,26 @@ def _trained(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _coreml_checks(artifacts: list[dict[str, Any]], images: int) -> list[str]:
+    """One line per measured Core ML classifier: its figures, drop against fp32 PyTorch, and gate."""
+    measured = [
+        a for a in artifacts if a["format"] == "coreml" and a["kind"] == "classifier" and a.get("runtime")
+    ]
+    if not measured:
+        return []
+    lines = ["", f"Core ML packages measured with the {measured[0]['runtime']}:", ""]
+    for a in measured:
+        check = a.get("gate")
+        verdict = f"gate {check['rule']}: {'passed' if check['passed'] else 'FAILED'}" if check else "no gate"
+        drop = a.get("top1_drop_vs_fp32")
+        lines.append(
+            f"- `{a['path']}`: val top-1 {accuracy_text(a.get('val_top1'), images)}, "
+            f"agreement {_pct(a.get('top1_agreement'))}, "
+            f"drop vs fp32 PyTorch {'n/a' if drop is None else f'{drop:+.2f} pt'}; {verdict}"
+        )
+    return lines
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """README.md for app developers, written from the manifest so the two never disagree."""
     classes, size = manifest["classes"], manifest["image_size"]
@@ -162,6 +184,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         *_artifact_rows(manifest),
         "",
         *[f"n/a: {r}." for r in reasons],
+        *_coreml_checks(manifest["artifacts"], manifest["val_images"]),
     ]
     if manifest["skipped"]:
         lines += ["", "Not produced:", "", *[f"- {s['name']}: {s['reason']}" for s in manifest["skipped"]]]
@@ -180,6 +203,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         "",
     ]
     lines += _quantization_lines(manifest)
+    lines += _updatable_section(manifest)
     package = swift_package(manifest["artifacts"])
     if package:
         lines += [
@@ -238,6 +262,56 @@ def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
             f"- `{a['path']}`: {drop:+.1f} points of val top-1 lost against fp32 ({verdict} the "
             f"{MAX_INT8_TOP1_DROP:g}-point gate), top-1 agreement with fp32 {agreement}."
         )
+    return [*lines, ""]
+
+
+def _updatable_section(manifest: dict[str, Any]) -> list[str]:
+    """How UpdatableClassifier.mlmodel learns on the phone, what it needs, and what it measured."""
+    entry = next((a for a in manifest["artifacts"] if a["kind"] == "updatable"), None)
+    if entry is None:
+        return []
+    kind, params = entry["updatable"], entry.get("update_parameters") or {}
+    lines = [
+        f"## On-device training: `{entry['path']}` ({kind})",
+        "",
+        "Core ML can update only NeuralNetwork and k-nearest-neighbour models (their specs carry the loss, "
+        "optimizer and epochs, or the example index); ML Programs (`.mlpackage`) cannot be trained on the "
+        "device. So this model is a classic `.mlmodel` (iOS 13+): a pipeline of the fine-tuned backbone "
+        "without its head (a NeuralNetwork, fp32, fixed) and "
+        + (
+            "an updatable k-nearest-neighbours classifier seeded with embeddings of "
+            "training images, so it classifies before any update."
+            if kind == "knn"
+            else "the trained linear head as an updatable fully connected layer with softmax, categorical "
+            "cross-entropy loss and SGD."
+        ),
+        "",
+        "- Inputs for prediction: `image`; for `MLUpdateTask`: "
+        + ", ".join(f"`{n}`" for n in entry["training_inputs"])
+        + " (the photo and its label as a string).",
+        "- Update parameters the app can change (`MLParameterKey`): "
+        + (", ".join(f"`{k}` (default {v})" for k, v in params.items()) if params else "none (k-NN)")
+        + ".",
+        f"- `{UPDATABLE_SWIFT_NAME}` classifies, runs `MLUpdateTask` on labelled `CGImage`s, saves the "
+        "updated model in the app's Documents folder and reloads it from there on the next launch.",
+        "- **knn** learns new classes from a few examples with no tuning (the label can be one the model has "
+        "never seen) and keeps every example it learns from, so its index (and prediction time) grows with "
+        "each; **head** keeps the fixed "
+        "class list and is usually more accurate, but needs a learning rate and epochs and can drift "
+        "towards the classes it was updated on.",
+    ]
+    result = entry.get("personalization")
+    if result:
+        lines += [
+            "",
+            f"Simulated on Linux with the model's own numbers ({SIMULATION_NOTE}): val top-1 before any "
+            f"update {_pct(entry.get('val_top1'))}. Personalization: class `{result['holdout_class']}` held "
+            f"out of {result['held_out_of']}, then learned from {result['update_examples']} of its training "
+            f"images: top-1 on its {result['holdout_val_images']} val images "
+            f"{_pct(result['holdout_top1_before'])} -> {_pct(result['holdout_top1_after'])}, on the other "
+            f"classes' {result['other_val_images']} {_pct(result['others_top1_before'])} -> "
+            f"{_pct(result['others_top1_after'])}.",
+        ]
     return [*lines, ""]
 
 

@@ -87,6 +87,8 @@ def _export_into(
     val_samples: list[tuple[str, int]],
     metadata: dict,
     headless: nn.Module | None = None,
+    head: nn.Module | None = None,
+    train_samples: Sequence[tuple[str, int]] = (),
 ) -> dict:
     """Export `model` in every configured format to `out_dir`, verify each, and write manifest.json.
 
@@ -94,10 +96,13 @@ def _export_into(
     eval preprocessing, which every input here and the app's preprocessing follow; `calibration_paths` are
     training images for int8 calibration; `metadata` (backbone, dataset, val metrics, config hash, ...) goes
     into the Core ML models, the manifest and the model card.
+    `headless` (the model without its head), `head` and the labelled `train_samples` feed the feature
+    extractor and UpdatableClassifier exports (`export.headless`, `export.updatable`).
     Returns the manifest. Failed formats are listed in its `errors` (never raised): exit non-zero on them.
     Raises ValueError for an invalid `cfg` before anything is written.
     """
     settings = ExportSettings.from_config(cfg)
+    settings.on_device.check_data(settings.updatable, classes, [label for _, label in train_samples])
     model = copy.deepcopy(model).cpu().eval()
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
 
@@ -138,6 +143,11 @@ def _export_into(
             row.impl().export(job)
     if settings.headless:
         _headless(job, headless, [row for row in chosen if row.headless and not row.missing()])
+    updatable_swift = None
+    if settings.updatable:
+        from trainer.export.updatable_export import export_updatable
+
+        updatable_swift = export_updatable(job, headless=headless, head=head, train_samples=train_samples)
 
     manifest: dict[str, Any] = {
         "classes": list(classes),
@@ -178,6 +188,8 @@ def _export_into(
             manifest["handoff"].append(write_kotlin(out_dir, tflite, data_config))
         elif "litert" in settings.formats:
             job.skip("Classifier.kt", "no LiteRT classifier was exported")
+        if updatable_swift:
+            manifest["handoff"].append(updatable_swift)
         manifest["handoff"].append(CARD_NAME)
         write_model_card(out_dir, manifest)
     write_manifest(out_dir, manifest)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import getpass
 import re
 import subprocess
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 import trainer
 from trainer.export.formats import FORMATS, unknown_formats_message
 
+UPDATABLE_KINDS = ("knn", "head")
 PALETTE_BITS = (1, 2, 3, 4, 6, 8)
 _PALETTIZE = re.compile(r"palettize(\d+)")
 LICENSE_UNSET = "unspecified (set export.license)"
@@ -61,6 +63,50 @@ def palette_bits(variant: str) -> int | None:
 
 
 @dataclass(frozen=True)
+class OnDeviceSettings:
+    """`export.on_device`: how UpdatableClassifier.mlmodel is seeded and updated, and the personalization
+    experiment that measures it."""
+
+    samples_per_class: int
+    k: int
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    holdout_class: str | None
+    shots: int
+
+    def validate(self) -> None:
+        counts = {"samples_per_class": self.samples_per_class, "k": self.k, "batch_size": self.batch_size}
+        counts |= {"epochs": self.epochs, "shots": self.shots}
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"export.on_device.{name} must be >= 1, not {value}")
+        if not 0.0 < self.learning_rate <= 1.0:
+            raise ValueError(f"export.on_device.learning_rate must be in (0, 1], not {self.learning_rate}")
+
+    def check_data(self, kind: str | None, classes: Sequence[str], train_labels: Sequence[int]) -> None:
+        """Raise ValueError when the training set cannot seed the k-NN or run the experiment as configured."""
+        if kind is None:
+            return
+        if self.holdout_class is not None and self.holdout_class not in classes:
+            raise ValueError(
+                f"export.on_device.holdout_class: '{self.holdout_class}' is not a class of this dataset "
+                f"({list(classes)}); use one of them or null (the last class)"
+            )
+        if kind != "knn":
+            return
+        counts = Counter(train_labels)
+        short = [(classes[c], counts[c]) for c in range(len(classes)) if counts[c] < self.samples_per_class]
+        if short:
+            name, count = short[0]
+            raise ValueError(
+                f"export.on_device.samples_per_class={self.samples_per_class} asks for more k-NN seed "
+                f"images than the training set has: class '{name}' has {count} training image(s) "
+                f"({len(train_labels)} in all); lower it to at most {min(c for _, c in short)}"
+            )
+
+
+@dataclass(frozen=True)
 class ExportSettings:
     formats: tuple[str, ...]
     torchscript_lite: bool
@@ -73,6 +119,8 @@ class ExportSettings:
     litert_int8: bool
     executorch_int8: bool
     headless: bool
+    updatable: str | None
+    on_device: OnDeviceSettings
     max_images: int | None
     latency_runs: int
     latency_warmup: int
@@ -106,6 +154,16 @@ class ExportSettings:
             litert_int8=bool(get("litert.int8")),
             executorch_int8=bool(get("executorch.int8")),
             headless=bool(get("headless")),
+            updatable=get("updatable"),
+            on_device=OnDeviceSettings(
+                samples_per_class=int(get("on_device.samples_per_class")),
+                k=int(get("on_device.k")),
+                learning_rate=float(get("on_device.learning_rate")),
+                batch_size=int(get("on_device.batch_size")),
+                epochs=int(get("on_device.epochs")),
+                holdout_class=get("on_device.holdout_class"),
+                shots=int(get("on_device.shots")),
+            ),
             max_images=get("verify.max_images"),
             latency_runs=int(get("latency.runs")),
             latency_warmup=int(get("latency.warmup")),
@@ -139,3 +197,9 @@ class ExportSettings:
             raise ValueError("export.latency: runs must be >= 1 and warmup >= 0")
         if self.calibration_images < 1:
             raise ValueError("export.onnx.calibration_images must be >= 1")
+        if self.updatable is not None and self.updatable not in UPDATABLE_KINDS:
+            raise ValueError(
+                f"export.updatable: unknown '{self.updatable}'; choose from null (none), "
+                f"{', '.join(UPDATABLE_KINDS)}"
+            )
+        self.on_device.validate()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from trainer.reports.collect import collect_runs, sweep_overrides
 from trainer.reports.markdown import render
+from trainer.reports.optuna import study_markdown
 from trainer.reports.plots import plot_sizes, plot_top1_vs_latency, plot_top1_vs_macs
 from trainer.reports.table import build_table, write_csv
 
@@ -42,7 +43,8 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
     write_csv(table, out / RESULTS_NAME)
     plots = {title: draw(table, out / name) for title, (name, draw) in PLOTS.items()}
     report = out / REPORT_NAME
-    report.write_text(render(table, runs, root, plots, sweep_overrides(root)), encoding="utf-8")
+    text = render(table, runs, root, plots, sweep_overrides(root))
+    report.write_text("\n".join([text, *study_markdown(root)]), encoding="utf-8")
     return report
 
 

@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.swa_utils import get_ema_avg_fn
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -55,6 +57,27 @@ class FinetuneSchedule(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == 0:  # after a validation pass Lightning puts the model back in train mode
             self._apply(pl_module, trainer.current_epoch)
+
+
+class WeightEMA(WeightAveraging):
+    """Exponential moving average of the weights and BatchNorm statistics, updated after every step.
+
+    Validation, checkpoints (and so export) see the average. Only during `fit`: Lightning's callback would
+    otherwise swap the average back in when the best checkpoint is validated after training.
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"finetune.ema_decay={decay} must be in (0, 1), or null to train without EMA")
+        super().__init__(avg_fn=get_ema_avg_fn(decay))
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            super().on_validation_epoch_end(trainer, pl_module)
 
 
 class ThroughputMeter(L.Callback):

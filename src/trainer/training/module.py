@@ -27,6 +27,21 @@ def topk_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(metrics, compute_groups=False)  # groups would merge top-3 and top-5 states
 
 
+def backbone_blocks(model: nn.Module, head_name: str) -> list[list[nn.Parameter]]:
+    """The backbone's parameters in input-to-output order, grouped by block (`features.3`, `layer2.1`, ...).
+
+    A block is a parameter's module path cut to two levels, which is the stage or block of torchvision and
+    timm classifiers; layer-wise learning-rate decay scales each block by its distance from the head.
+    """
+    blocks: dict[str, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        path = name.rsplit(".", 1)[0] if "." in name else ""
+        if path == head_name or path.startswith(head_name + "."):
+            continue
+        blocks.setdefault(".".join(path.split(".")[:2]), []).append(param)
+    return list(blocks.values())
+
+
 class ClassifierModule(L.LightningModule):
     def __init__(
         self,
@@ -36,11 +51,13 @@ class ClassifierModule(L.LightningModule):
         augment: Any,
         finetune: Any,
         meta: dict[str, Any] | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         super().__init__()
         self.meta = meta or {}  # saved in every checkpoint so export needs nothing else
         self.backbone = backbone
-        self.model = backbone.model
+        self.memory_format = memory_format
+        self.model = backbone.model.to(memory_format=memory_format)
         self.classes = list(classes)
         self.optim_cfg = optim
         self.finetune_cfg = finetune
@@ -72,6 +89,11 @@ class ClassifierModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Images enter in the model's memory format (channels_last: no layout change in the first conv)."""
+        x, y = batch
+        return x.contiguous(memory_format=self.memory_format), y
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -105,11 +127,13 @@ class ClassifierModule(L.LightningModule):
         cfg = self.optim_cfg
         lr = float(cfg.lr)
         # A pretrained backbone moves slower than the new head; one trained from scratch does not.
-        mult = float(self.finetune_cfg.backbone_lr_mult) if self.backbone.loaded_tensors else 1.0
-        groups = [
-            {"params": self.backbone.head_parameters(), "lr": lr},
-            {"params": self.backbone.backbone_parameters(), "lr": lr * mult},
-        ]
+        pretrained = bool(self.backbone.loaded_tensors)
+        mult = float(self.finetune_cfg.backbone_lr_mult) if pretrained else 1.0
+        decay = float(self.finetune_cfg.get("layer_decay") or 1.0) if pretrained else 1.0
+        groups = [{"params": self.backbone.head_parameters(), "lr": lr}]
+        blocks = backbone_blocks(self.model, self.backbone.head_name)
+        for depth, params in enumerate(blocks):  # layer-wise decay: the earliest blocks move least
+            groups.append({"params": params, "lr": lr * mult * decay ** (len(blocks) - depth)})
         if cfg.name == "adamw":
             optimizer = torch.optim.AdamW(
                 groups,

@@ -18,21 +18,27 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.checks import check_train_settings
+from trainer.console.progress import progress_bar
+from trainer.console.summary import run_summary
 from trainer.data.audit import audit_dataset
 from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
 from trainer.data.scan import drop_bad_images
 from trainer.export.checkpoint import CheckpointError, export_trained, mai_score, read_checkpoint
+from trainer.export.settings import ExportSettings
 from trainer.models import build_backbone, count_macs, count_params
 from trainer.training.callbacks import (
     AtomicCheckpointIO,
     FinetuneSchedule,
     ThroughputMeter,
+    WeightEMA,
     evaluation_results,
     write_evaluation,
 )
 from trainer.training.module import ClassifierModule
+from trainer.training.speed import resolve_memory_format, resolve_precision
+from trainer.training.threads import job_threads
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +62,11 @@ def _metric(values: dict[str, torch.Tensor], key: str) -> float | None:
 
 
 def apply_cpu_threads(cfg: DictConfig) -> None:
-    """Set torch's intra-op threads from `threads` (null keeps torch's default of one per core)."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    """Set torch's intra-op threads from `threads`, or this job's share of the cores under a parallel
+    launcher (null otherwise keeps torch's default of one per core)."""
+    threads = job_threads(cfg)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def cpu_overrides(trainer_cfg: DictConfig) -> dict[str, Any]:
@@ -95,17 +103,21 @@ def build_trainer(
     throughput = ThroughputMeter()
     finetune = FinetuneSchedule(cfg.finetune.freeze_epochs, cfg.finetune.freeze_bn)
     callbacks: list[L.Callback] = [checkpoints, throughput, finetune]
+    if cfg.finetune.get("ema_decay"):
+        callbacks.append(WeightEMA(float(cfg.finetune.ema_decay)))
+    if overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
+        callbacks.append(progress_bar())
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    settings = {"precision": resolve_precision(cfg.trainer), **cpu_overrides(cfg.trainer), **overrides}
     trainer = instantiate(
         cfg.trainer,
-        **cpu_overrides(cfg.trainer),
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
-        **overrides,
+        **settings,
     )
     return trainer, throughput, checkpoints
 
@@ -137,6 +149,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         len(index.train),
         len(index.val),
     )
+    if cfg.export.enabled:  # a bad export setting fails now, not after training
+        settings = ExportSettings.from_config(cfg.export)
+        settings.on_device.check_data(settings.updatable, index.classes, [label for _, label in index.train])
     backbone = build_backbone(cfg.model, index.num_classes)
     data_config = DataConfig.resolve(backbone.data_config, int(cfg.dataset.image_size))
     image_size = data_config.size
@@ -148,7 +163,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data_config": data_config.to_dict(),
         "image_size": image_size,
     }
-    module = ClassifierModule(backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, meta)
+    memory_format = resolve_memory_format(cfg.get("memory_format"), cfg.trainer)
+    module = ClassifierModule(
+        backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, meta, memory_format
+    )
 
     trainer, throughput, checkpoints = build_trainer(cfg, run_dir)
     started = time.perf_counter()
@@ -156,7 +174,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - started
 
     best = checkpoints.best_model_path or checkpoints.last_model_path
-    module.load_state_dict(read_checkpoint(best)["state_dict"])
+    saved = read_checkpoint(best)
+    module.load_state_dict(saved["state_dict"])
     values = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     evaluation = evaluation_results(module)  # every DDP process takes part in the gather
     trainer.strategy.barrier("evaluated")
@@ -182,7 +201,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "params": count_params(model),
         "macs": count_macs(model, image_size),
         "epochs": trainer.current_epoch,
+        "best_epoch": saved["epoch"] + 1,
+        "threads": torch.get_num_threads(),
         "train_images_per_sec": throughput.images_per_sec,
+        "precision": str(trainer.precision),
+        "memory_format": str(memory_format).removeprefix("torch."),
         "train_seconds": train_seconds,
         "best_checkpoint": str(Path(best).resolve()),
         "pretrained_tensors_loaded": backbone.loaded_tensors,
@@ -190,16 +213,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "config_hash": config_hash(cfg),
     }
     write_json(run_dir / "metrics.json", metrics)
-    log.info("val top-1 %.4f | %s", metrics["val_top1"], run_dir / "metrics.json")
+    log.info("Trained: val top-1 %.4f (%s)", metrics["val_top1"], run_dir / "metrics.json")
+    manifest = None
     if cfg.export.enabled:
         manifest = export_trained(backbone, meta, cfg.export, run_dir / "export", index, metrics)
         log.info("Exported %d artifacts to %s", len(manifest["artifacts"]), run_dir / "export")
         metrics.update(export_summary(manifest, metrics, cfg.dataset.get("mai_score", False)))
         write_json(run_dir / "metrics.json", metrics)
-        if manifest["errors"]:
-            raise ExportError(
-                f"export failed for: {manifest['errors']} (see {run_dir / 'export/manifest.json'})"
-            )
+    log.info("%s", run_summary(metrics, run_dir, run_dir / "export", manifest))
+    if manifest is not None and manifest["errors"]:
+        raise ExportError(f"export failed for: {manifest['errors']} (see {run_dir / 'export/manifest.json'})")
     return metrics
 
 

@@ -1,0 +1,176 @@
+"""Compare fine-tuning recipes at small budgets, beside the plain torchvision recipe, on the same split.
+
+  python scripts/compare_recipes.py --out docs/recipes.jsonl --sizes 128 --epochs 3 --seeds 0 1 \
+      --recipes defaults plain scale_0.35 -- dataset=folder dataset.root=../shared/data/hymenoptera \
+      model=mobilenet_v2 model.pretrained=../shared/weights/mobilenet_v2_imagenet_tv.pth
+  python scripts/compare_recipes.py --out docs/recipes.jsonl --table     # the markdown table of what ran
+
+Each run is `train.py` with the recipe's overrides (one thread, in-process loading, fixed seed, no export),
+scored by val top-1 after the last epoch (no picking the best epoch on val). Results append to `--out` as
+JSON lines, so an interrupted comparison resumes where it stopped. The 95% interval is Wilson's, over every
+val prediction of the recipe's seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from trainer.cli import compose_config
+from trainer.data.index import build_index
+from trainer.models import build_backbone
+from trainer.training.plain_recipe import split_folder_root, train_plain
+from trainer.training.run import train
+
+# Overrides of the defaults in conf/. `plain*` is torchvision's tutorial (trainer.training.plain_recipe), at
+# our batch size and at the tutorial's 4 (which leaves BatchNorm with 4-image statistics).
+RECIPES: dict[str, list[str]] = {
+    "defaults": [],
+    "plain": [],
+    "plain_b4": ["dataset.batch_size=4"],
+    "scale_0.25": ["augment.scale=[0.25,1.0]"],
+    "scale_0.35": ["augment.scale=[0.35,1.0]"],
+    "scale_0.5": ["augment.scale=[0.5,1.0]"],
+    "scale_0.08": ["augment.scale=[0.08,1.0]"],
+    "no_smoothing": ["augment.label_smoothing=0.0"],
+    "smoothing_0.1": ["augment.label_smoothing=0.1"],
+    "no_warmup": ["optim.warmup_epochs=0"],
+    "warmup_1": ["optim.warmup_epochs=1"],
+    "head_first_1": ["finetune.freeze_epochs=1"],
+    "backbone_lr_1.0": ["finetune.backbone_lr_mult=1.0"],
+    "backbone_lr_0.5": ["finetune.backbone_lr_mult=0.5"],
+    "backbone_lr_0.2": ["finetune.backbone_lr_mult=0.2"],
+    "backbone_lr_0.1": ["finetune.backbone_lr_mult=0.1"],
+    "freeze_bn": ["finetune.freeze_bn=true"],
+    "lr_3e-3": ["optim.lr=3e-3"],
+    "lr_5e-4": ["optim.lr=5e-4"],
+    "dropout_0": ["model.dropout=0.0"],
+    "dropout_0.5": ["model.dropout=0.5"],
+    "color_jitter": ["augment.color_jitter=0.4"],
+    "randaugment": ["augment=randaugment"],
+    "batch_16": ["dataset.batch_size=16"],
+    "sgd": ["optim=sgd"],
+    "layer_decay_0.8": ["finetune.layer_decay=0.8"],
+    "backbone_lr_0.2+layer_decay_0.8": ["finetune.backbone_lr_mult=0.2", "finetune.layer_decay=0.8"],
+    "backbone_lr_0.2+scale_0.35": ["finetune.backbone_lr_mult=0.2", "augment.scale=[0.35,1.0]"],
+    "ema_0.9": ["finetune.ema_decay=0.9"],
+    "fp32": ["trainer.precision=32-true", "memory_format=contiguous"],
+}
+
+
+def top1_per_epoch(run_dir: Path, epochs: int) -> list[float]:
+    """val/top1 after each epoch, from the CSV log (its last line re-validates the best checkpoint)."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return [float(row["val/top1"]) for row in csv.DictReader(f) if row.get("val/top1")][:epochs]
+
+
+def run_recipe(name: str, base: list[str], size: int, epochs: int, seed: int) -> dict:
+    common = [*base, f"dataset.image_size={size}", f"trainer.max_epochs={epochs}", f"seed={seed}"]
+    common += ["threads=1", "dataset.num_workers=0", "export.enabled=false", "logger=csv"]
+    with tempfile.TemporaryDirectory() as out:
+        if name.startswith("plain"):
+            cfg = compose_config([*common, *RECIPES[name]], output_dir=out)
+            torch.set_num_threads(1)
+            L.seed_everything(seed, workers=True)
+            index = build_index(cfg.dataset)
+            root = split_folder_root(index)
+            model = build_backbone(cfg.model, index.num_classes).model
+            result = train_plain(model, root, size, epochs, batch_size=int(cfg.dataset.batch_size))
+            per_epoch, images_per_sec, val_images = (
+                result.val_top1_per_epoch,
+                result.images_per_sec,
+                len(index.val),
+            )
+        else:
+            metrics = train(compose_config([*common, *RECIPES[name]], output_dir=out))
+            per_epoch = top1_per_epoch(Path(out), epochs)
+            images_per_sec, val_images = metrics["train_images_per_sec"], metrics["val_images"]
+    return {
+        "recipe": name,
+        "overrides": RECIPES[name],
+        "base": base,
+        "image_size": size,
+        "epochs": epochs,
+        "seed": seed,
+        "val_top1": per_epoch[-1],
+        "val_top1_per_epoch": per_epoch,
+        "val_images": val_images,
+        "train_images_per_sec": images_per_sec,
+    }
+
+
+def wilson(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per (data, size, epochs, recipe): mean top-1 over seeds, interval, gap to plain."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        data = next((o.split("=", 1)[1] for o in r["base"] if o.startswith("dataset.root=")), "demo")
+        groups[(Path(data).name, r["image_size"], r["epochs"], r["recipe"])].append(r)
+    lines = [
+        "| data | px | epochs | recipe | val top-1 (mean) | seeds | per seed | 95% interval | vs plain |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], -_mean(groups[k]))):
+        runs, plain = groups[key], groups.get((*key[:3], "plain"))
+        n_val = runs[0]["val_images"]
+        top1 = _mean(runs)
+        low, high = wilson(top1 * n_val * len(runs), n_val * len(runs))
+        gap = f"{100 * (top1 - _mean(plain)):+.1f}" if plain and key[3] != "plain" else ""
+        seeds = " ".join(f"{100 * r['val_top1']:.1f}" for r in sorted(runs, key=lambda r: r["seed"]))
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {100 * top1:.1f} | {len(runs)} | {seeds} "
+            f"| {100 * low:.1f}–{100 * high:.1f} | {gap} |"
+        )
+    return "\n".join(lines)
+
+
+def _mean(runs: list[dict] | None) -> float:
+    return sum(r["val_top1"] for r in runs) / len(runs) if runs else float("nan")
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True, help="JSON-lines results file (appended)")
+    parser.add_argument("--recipes", nargs="+", default=["defaults", "plain"], choices=sorted(RECIPES))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[128])
+    parser.add_argument("--epochs", nargs="+", type=int, default=[3])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    parser.add_argument("base", nargs="*", help="train.py overrides shared by every recipe")
+    args = parser.parse_args(argv)
+    done = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
+    if args.table:
+        print(table(done))
+        return
+    seen = {(r["recipe"], tuple(r["base"]), r["image_size"], r["epochs"], r["seed"]) for r in done}
+    for size in args.sizes:
+        for epochs in args.epochs:
+            for seed in args.seeds:
+                for name in args.recipes:
+                    if (name, tuple(args.base), size, epochs, seed) in seen:
+                        continue
+                    row = run_recipe(name, args.base, size, epochs, seed)
+                    print(json.dumps(row), flush=True)
+                    with args.out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

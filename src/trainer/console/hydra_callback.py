@@ -1,0 +1,48 @@
+"""Hydra callback that sets up the console for every job, in whichever process a launcher runs it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from trainer.console.logs import capture_warnings
+
+
+def is_verbose(config: DictConfig) -> bool:
+    """`verbose=true`, or `hydra.verbose=true` (Hydra's own switch; a list of logger names does not count)."""
+    hydra_verbose = config.hydra.get("verbose") if "hydra" in config else False
+    return bool(config.get("verbose")) or hydra_verbose is True
+
+
+class ConsoleCallback(Callback):
+    """Converter progress bars off unless verbose; Lightning's and Optuna's records via Hydra's handlers."""
+
+    def _quiet_progress_bars(self, config: DictConfig) -> None:
+        """coremltools draws tqdm bars per conversion pass, with no switch of its own. tqdm reads TQDM_*
+        defaults when it is imported, so this runs before any job imports it; launchers' workers inherit it.
+        Bars that pass `disable` themselves (Lightning's, downloads') are not affected."""
+        if not is_verbose(config):
+            os.environ.setdefault("TQDM_DISABLE", "1")
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._quiet_progress_bars(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._quiet_progress_bars(config)
+        if "optuna" in str(config.hydra.sweeper.get("_target_", "")):
+            import optuna
+
+            optuna.logging.disable_default_handler()  # its own colored stderr handler: each message once
+            optuna.logging.enable_propagation()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Python warnings into the job's log; and `import lightning` adds a console handler to the
+        `lightning` logger while its records also reach the job's root handlers: each would print twice."""
+        capture_warnings()
+        import lightning  # noqa: F401
+
+        logging.getLogger("lightning").handlers.clear()

@@ -1,0 +1,201 @@
+"""The Core ML reference executor catches broken packages, names ops it cannot run, and sizes compression.
+
+A small conv net (BatchNorm statistics from a random batch, so its outputs vary with the image) is converted
+at fp32 correctly and in three broken ways: the image bias in BGR order instead of RGB, the per-channel std
+correction left out, and perturbed weights. PyTorch on the same pixels is the reference, as in the export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from test_backbone_conversion import lively
+from test_export import CLASSES, MEAN, STD, export_config
+from torch import nn
+
+from trainer.export import coreml
+from trainer.export.coreml_executor import CoreMLExecutor
+from trainer.export.coreml_verify import (
+    gate,
+    gate_problem,
+    measure,
+    package_metadata,
+    reference_predictor,
+    weight_ratio_problems,
+)
+from trainer.export.settings import ExportSettings
+from trainer.export.verify import fp32_problems, softmax, torch_predictor
+
+SIZE = 32
+NORM = coreml.ImageNormalization.from_stats(MEAN, STD)
+SETTINGS = ExportSettings.from_config(export_config())
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=4),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
+        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, len(CLASSES)),
+    )
+    return lively(net, SIZE)
+
+
+def save(module: nn.Module, path: Path, norm: coreml.ImageNormalization = NORM) -> Path:
+    mlmodel = coreml.convert(
+        module, image_size=SIZE, norm=norm, classes=CLASSES, target_name="iOS16", precision="fp32"
+    )
+    coreml.save(mlmodel, path, settings=SETTINGS, user_metadata={}, classifier=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("packages")
+    model = small_net()
+    perturbed = small_net()
+    with torch.no_grad():
+        perturbed[3].weight.add_(0.05 * torch.randn_like(perturbed[3].weight))
+    bgr = dataclasses.replace(NORM, bias=NORM.bias[::-1])
+    uncorrected = dataclasses.replace(NORM, gain=None, offset=None)
+    return {
+        "model": model,
+        "good": save(model, root / "good.mlpackage"),
+        "channels swapped": save(model, root / "bgr.mlpackage", bgr),
+        "correction removed": save(model, root / "uncorrected.mlpackage", uncorrected),
+        "weights perturbed": save(perturbed, root / "perturbed.mlpackage"),
+    }
+
+
+def images() -> np.ndarray:
+    """Normalized inputs made from 8-bit pixels, as the export's val images are."""
+    pixels = np.random.default_rng(1).integers(0, 256, (8, 3, SIZE, SIZE)).astype(np.float32)
+    return ((pixels / 255.0 - np.reshape(MEAN, (1, 3, 1, 1))) / np.reshape(STD, (1, 3, 1, 1))).astype(
+        np.float32
+    )
+
+
+def executor_problems(package: Path, model: nn.Module) -> list[str]:
+    """What the export reports for an fp32 package measured by the executor against PyTorch."""
+    inputs = images()
+    reference = softmax(torch_predictor(model)(inputs))
+    predict = reference_predictor(package, classes=CLASSES, mean=MEAN, std=STD)
+    _, stats = measure(predict, inputs, reference, reference.argmax(1), None)
+    return fp32_problems(package.name, stats, reference)
+
+
+def test_good_package_agrees_with_pytorch(packages: dict) -> None:
+    inputs = images()
+    reference = softmax(torch_predictor(packages["model"])(inputs))
+    assert np.ptp(reference, axis=0).max() > 0.02, "outputs must vary with the image for the check to bite"
+    predict = reference_predictor(packages["good"], classes=CLASSES[::-1], mean=MEAN, std=STD)
+    assert np.abs(predict(inputs)[:, ::-1] - reference).max() < 1e-5, "columns follow the requested order"
+    assert executor_problems(packages["good"], packages["model"]) == []
+    spec_kwargs = {"image_size": SIZE, "norm": NORM, "classes": CLASSES, "user_metadata_keys": []}
+    assert coreml.check_spec(packages["good"], **spec_kwargs) == []
+
+
+@pytest.mark.parametrize("broken", ["channels swapped", "correction removed", "weights perturbed"])
+def test_broken_packages_are_caught(packages: dict, broken: str) -> None:
+    problems = executor_problems(packages[broken], packages["model"])
+    assert any("max |output diff|" in p for p in problems), problems
+    spec = coreml.check_spec(
+        packages[broken], image_size=SIZE, norm=NORM, classes=CLASSES, user_metadata_keys=[]
+    )
+    if broken == "channels swapped":
+        assert any("scale/bias" in p for p in spec)
+    if broken == "correction removed":
+        assert any("in-graph correction" in p and "tolerance" in p for p in spec)
+
+
+def test_stored_correction_is_within_the_fp16_tolerance(packages: dict, tmp_path: Path) -> None:
+    gain, offset = coreml.stored_correction(packages["good"])
+    assert NORM.correction_error(gain, offset) < 1e-4  # fp32: only the converter's batch_norm epsilon
+    fp16 = coreml.convert(
+        packages["model"], image_size=SIZE, norm=NORM, classes=CLASSES, target_name="iOS16", precision="fp16"
+    )
+    fp16.save(str(tmp_path / "fp16.mlpackage"))
+    error = NORM.correction_error(*coreml.stored_correction(tmp_path / "fp16.mlpackage"))
+    assert 1e-4 < error < coreml.CORRECTION_TOLERANCE  # fp16 storage: not exact, within the stated bound
+
+
+def test_unknown_op_is_named(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    mlmodel = coreml.convert(
+        model, image_size=SIZE, norm=NORM, classes=None, target_name="iOS16", precision="fp32"
+    )
+    mlmodel.save(str(tmp_path / "gelu.mlpackage"))
+    with pytest.raises(ValueError, match="op 'gelu'.*not supported"):
+        CoreMLExecutor(tmp_path / "gelu.mlpackage")
+
+
+def test_gates_and_own_metadata() -> None:
+    assert gate_problem("coreml_fp16", gate("fp16", {"top1_agreement_beyond_ties": 0.999})) == []
+    assert gate_problem("coreml_fp16", gate("fp16", {"top1_agreement_beyond_ties": 0.99})) == [
+        "coreml_fp16: failed check top1_agreement_beyond_ties >= 0.995: measured 0.99"
+    ]
+    assert gate_problem("coreml_int8", gate("int8", {"top1_drop_vs_fp32": 0.5})) == []
+    assert gate_problem("coreml_int8", gate("int8", {"top1_drop_vs_fp32": 0.6})) == [
+        "coreml_int8: failed check top1_drop_vs_fp32 <= 0.5: measured 0.6"
+    ]
+    assert gate("palettize6", {"top1_drop_vs_fp32": 1.0})["passed"]
+    assert gate("palettize2", {"top1_drop_vs_fp32": 9.0}) is None
+    meta = package_metadata(
+        {"backbone": "x", "val_top1": 0.9, "val_loss": 0.3}, {"val_top1": 0.85, "top1_agreement": 0.95}
+    )
+    assert meta["val_top1"] == 0.85 and meta["pytorch_val_top1"] == 0.9 and meta["pytorch_val_loss"] == 0.3
+    assert meta["top1_agreement"] == 0.95 and meta["backbone"] == "x" and "val_loss" not in meta
+
+
+def test_int8_size_expectation_at_alpha_035(tmp_path: Path) -> None:
+    """At width 0.35 many layers are under the compression threshold and stay fp16: int8 weights are then
+    well above 8/16 of fp16, and the check expects exactly that instead of failing a valid export."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(width_mult=0.35, num_classes=len(CLASSES)).eval()
+    fp16 = coreml.convert(
+        model, image_size=SIZE, norm=NORM, classes=CLASSES, target_name="iOS16", precision="fp16"
+    )
+    fp16_bytes = coreml.in_memory_weights_bytes(fp16)
+    int8_path = tmp_path / "int8.mlpackage"
+    coreml.compress(fp16, "int8", []).save(str(int8_path))
+    ratio = coreml.weights_bytes(int8_path) / fp16_bytes
+    expected, problems = weight_ratio_problems(int8_path, "int8", ratio)
+    assert problems == [] and ratio > 0.55 and expected > 0.53
+    # an int8 package that compressed nothing is a defect, whatever its size
+    _, uncompressed = weight_ratio_problems(tmp_path / "int8.mlpackage", "int8", 0.99)
+    assert any("expected" in p for p in uncompressed)
+    plain = tmp_path / "fp16.mlpackage"
+    fp16.save(str(plain))
+    _, missed = weight_ratio_problems(plain, "int8", 1.0)
+    assert any("left in fp16" in p for p in missed)
+
+
+def test_fp16_gate_forgives_only_near_ties() -> None:
+    """A flip between two classes PyTorch itself scores within FP16_TIE is a tie; a clear flip is not."""
+    reference = np.array([[0.50, 0.49, 0.01], [0.90, 0.05, 0.05], [0.2, 0.7, 0.1]])
+    tie_flip = np.array([[0.49, 0.50, 0.01], [0.90, 0.05, 0.05], [0.2, 0.7, 0.1]])
+    clear_flip = np.array([[0.50, 0.49, 0.01], [0.05, 0.90, 0.05], [0.2, 0.7, 0.1]])
+    labels = np.array([0, 0, 1])
+
+    def stats_of(outputs: np.ndarray) -> dict:
+        return measure(lambda batch: outputs[: len(batch)], reference, reference, labels, None)[1]
+
+    tie, clear = stats_of(tie_flip), stats_of(clear_flip)
+    assert tie["top1_agreement"] == pytest.approx(2 / 3) and tie["top1_agreement_beyond_ties"] == 1.0
+    assert gate("fp16", tie)["passed"]
+    assert clear["top1_agreement_beyond_ties"] == pytest.approx(2 / 3)
+    assert not gate("fp16", clear)["passed"]
