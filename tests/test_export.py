@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from torch import nn
 
+from trainer.cli import compose_config
 from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
@@ -96,8 +97,9 @@ def tiny_net() -> nn.Module:
 
 
 def export_config(**overrides: object) -> OmegaConf:
-    """conf/export/default.yaml with fast latency settings and dotted-key overrides."""
-    cfg = OmegaConf.load(ROOT / "conf" / "export" / "default.yaml")
+    """The composed `export` node (conf/export/default.yaml on its schema) with fast latency settings and
+    dotted-key overrides."""
+    cfg = compose_config([]).export
     cfg.latency.runs, cfg.latency.warmup = 3, 1
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, merge=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from test_export import export_config
 
 from trainer.cli import compose_config
@@ -37,3 +39,24 @@ def test_unknown_format_stops_training_before_it_starts(tmp_path: Path, tiny_fol
     with pytest.raises(ValueError, match="tflite2"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("export.onnx.int88=true", "int88"),  # a typo in a key
+        ("export.latency.runs=many", "could not be converted to Integer"),  # a wrong type
+        ("export.headless=maybe", "is not a valid bool"),
+    ],
+)
+def test_export_schema_fails_at_compose_time(override: str, message: str) -> None:
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config([override])
+    assert message in str(error.value) or message in str(error.value.__cause__)
+
+
+def test_settings_from_a_node_outside_hydra_are_checked_too() -> None:
+    node = OmegaConf.to_container(export_config())
+    del node["onnx"]["int8"]  # e.g. an old config file written by hand
+    with pytest.raises(ValueError, match="int8"):
+        ExportSettings.from_config(node)

@@ -138,13 +138,9 @@ def check_training(cfg: DictConfig) -> None:
 def check_export(export_cfg: DictConfig) -> None:
     """The export settings (formats, Core ML variants, target, ...) through the export's own validators."""
     try:
-        settings = ExportSettings.from_config(export_cfg)
+        ExportSettings.from_config(export_cfg)
     except ValueError as exc:
         raise SettingError(f"{exc}. Example: export.formats=[torchscript,onnx,coreml]") from None
-    if "coreml" in settings.formats:
-        from trainer.export.coreml import deployment_target
-
-        deployment_target(settings.deployment_target)
 
 
 def check_train_settings(cfg: DictConfig) -> dict[str, Any] | None:

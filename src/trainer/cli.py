@@ -13,9 +13,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from trainer.export.settings import register_schema
+
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+register_schema()
 
 
 def exit_on_user_error(job: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:

@@ -427,7 +427,7 @@ def export(job: ExportJob) -> None:
     each is measured by the reference executor (`verify`), gets its own figures in its metadata, and is
     size-checked when compressed and spec-checked."""
     norm = ImageNormalization.from_stats(job.mean, job.std)
-    target = job.settings.deployment_target
+    target = job.settings.coreml.minimum_deployment_target
     bases: dict[str, Any] = {}
 
     def base(precision: str) -> Any:
@@ -445,7 +445,7 @@ def export(job: ExportJob) -> None:
                 )
         return bases[precision]
 
-    for variant in job.settings.coreml_quantize:
+    for variant in job.settings.coreml.quantize:
         name = f"coreml_{variant}"
         reason = w8a8_skip_reason(target) if variant == "w8a8" else None
         if reason:
@@ -481,7 +481,7 @@ def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray)
     """FeatureExtractor_fp16.mlpackage: output `embedding`, compared with PyTorch's `reference` embeddings."""
     with job.guard("headless_coreml_fp16"):
         norm = ImageNormalization.from_stats(job.mean, job.std)
-        target = job.settings.deployment_target
+        target = job.settings.coreml.minimum_deployment_target
         mlmodel = convert(
             extractor,
             image_size=job.image_size,
@@ -548,8 +548,8 @@ def verify(
         job.inputs,
         reference,
         labels,
-        runs=job.settings.latency_runs,
-        warmup=job.settings.latency_warmup,
+        runs=job.settings.latency.runs,
+        warmup=job.settings.latency.warmup,
         threads=job.threads,
     )
     stats["latency_ms"] = stats["mlmodel_predict"].get("latency_ms")

@@ -36,7 +36,7 @@ def export(job: ExportJob) -> None:
         _write(path, _lower(torch.export.export(job.model, example)))
         entry = job.add(path, format="executorch", precision="fp32", delegate="XNNPACK", input=INPUT)
         fp32_outputs = job.verify(entry, executorch_predictor(path, job.threads), job.reference, fp32=True)
-    if not job.settings.executorch_int8:
+    if not job.settings.executorch.int8:
         return
     if fp32_outputs is None:
         job.skip("executorch_int8", "the ExecuTorch fp32 export failed")

@@ -98,8 +98,8 @@ class ExportJob:
             self.inputs,
             reference,
             self.labels if classifier else None,
-            runs=self.settings.latency_runs,
-            warmup=self.settings.latency_warmup,
+            runs=self.settings.latency.runs,
+            warmup=self.settings.latency.warmup,
             threads=self.threads,
         )
         if fp32:

@@ -73,7 +73,7 @@ def export(job: ExportJob) -> None:
         _write(job, path, fp32_bytes, "fp32")
         entry = job.add(path, format="litert", precision="fp32", input=INPUT)
         fp32_outputs = job.verify(entry, _predictor(path, job), job.reference, fp32=True)
-    for precision, wanted in (("fp16", job.settings.litert_fp16), ("int8", job.settings.litert_int8)):
+    for precision, wanted in (("fp16", job.settings.litert.fp16), ("int8", job.settings.litert.int8)):
         if wanted and (fp32_bytes is None or fp32_outputs is None):
             job.skip(f"litert_{precision}", "the LiteRT fp32 export failed")
         elif wanted:

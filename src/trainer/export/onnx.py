@@ -198,10 +198,10 @@ def export(job: ExportJob) -> None:
     metadata = onnx_metadata(job.classes, job.data_config, job.settings)
     fp32_outputs = None
     with job.guard("onnx_fp32"):
-        info = export_onnx(job.model, job.example, path, opset=job.settings.onnx_opset, metadata=metadata)
+        info = export_onnx(job.model, job.example, path, opset=job.settings.onnx.opset, metadata=metadata)
         entry = job.add(path, format="onnx", precision="fp32", **info)
         fp32_outputs = job.verify(entry, onnx_predictor(path, job.threads), job.reference, fp32=True)
-    if not job.settings.onnx_int8:
+    if not job.settings.onnx.int8:
         return
     if fp32_outputs is None:
         job.skip("onnx_int8", "the ONNX fp32 export failed")
@@ -228,7 +228,7 @@ def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray)
             extractor,
             job.example,
             path,
-            opset=job.settings.onnx_opset,
+            opset=job.settings.onnx.opset,
             output_name="embedding",
             metadata=onnx_metadata(None, job.data_config, job.settings),
         )

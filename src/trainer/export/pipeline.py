@@ -106,7 +106,7 @@ def _export_into(
     model = copy.deepcopy(model).cpu().eval()
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
 
-    samples = _spread(val_samples, settings.max_images)
+    samples = _spread(val_samples, settings.verify.max_images)
     inputs, kept, unreadable = load_inputs([path for path, _ in samples], data_config)
     predict = torch_predictor(model)
     job = ExportJob(
@@ -127,7 +127,7 @@ def _export_into(
             **metadata,
         },
         read_calibration=lambda: load_inputs(
-            _spread(calibration_paths, settings.calibration_images), data_config
+            _spread(calibration_paths, settings.onnx.calibration_images), data_config
         )[0],
         threads=torch.get_num_threads(),
     )
@@ -164,7 +164,7 @@ def _export_into(
         "unreadable_images": unreadable,
         "pytorch_val_top1": top1(job.reference, job.labels),
         "pytorch_latency_ms": (
-            latency_ms(predict, inputs[:1], settings.latency_runs, settings.latency_warmup)
+            latency_ms(predict, inputs[:1], settings.latency.runs, settings.latency.warmup)
             if len(inputs)
             else None
         ),

@@ -1,4 +1,5 @@
-"""The `export` config node as a typed, validated object.
+"""The `export` config node as a typed, validated object: its schema (checked by Hydra at compose time) and
+the value checks a schema cannot state (variant names, ranges, the Core ML target).
 
 Checked before anything is written, so that a typo in a variant name fails in a second rather than after the
 ONNX and TorchScript exports have spent minutes. Author, license and version are never empty in what app
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import trainer
 from trainer.export.formats import FORMATS, unknown_formats_message
@@ -62,18 +65,18 @@ def palette_bits(variant: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-@dataclass(frozen=True)
+@dataclass
 class OnDeviceSettings:
     """`export.on_device`: how UpdatableClassifier.mlmodel is seeded and updated, and the personalization
     experiment that measures it."""
 
-    samples_per_class: int
-    k: int
-    learning_rate: float
-    batch_size: int
-    epochs: int
-    holdout_class: str | None
-    shots: int
+    samples_per_class: int = MISSING
+    k: int = MISSING
+    learning_rate: float = MISSING
+    batch_size: int = MISSING
+    epochs: int = MISSING
+    holdout_class: str | None = MISSING
+    shots: int = MISSING
 
     def validate(self) -> None:
         counts = {"samples_per_class": self.samples_per_class, "k": self.k, "batch_size": self.batch_size}
@@ -106,72 +109,80 @@ class OnDeviceSettings:
             )
 
 
-@dataclass(frozen=True)
+@dataclass
+class TorchscriptSettings:
+    lite: bool = MISSING
+
+
+@dataclass
+class OnnxSettings:
+    opset: int | None = MISSING
+    int8: bool = MISSING
+    calibration_images: int = MISSING
+
+
+@dataclass
+class CoremlSettings:
+    quantize: list[str] = MISSING
+    minimum_deployment_target: str = MISSING
+
+
+@dataclass
+class LitertSettings:
+    fp16: bool = MISSING
+    int8: bool = MISSING
+
+
+@dataclass
+class ExecutorchSettings:
+    int8: bool = MISSING
+
+
+@dataclass
+class VerifySettings:
+    max_images: int | None = MISSING
+
+
+@dataclass
+class LatencySettings:
+    runs: int = MISSING
+    warmup: int = MISSING
+
+
+@dataclass
 class ExportSettings:
-    formats: tuple[str, ...]
-    torchscript_lite: bool
-    onnx_opset: int | None
-    onnx_int8: bool
-    calibration_images: int
-    coreml_quantize: tuple[str, ...]
-    deployment_target: str
-    litert_fp16: bool
-    litert_int8: bool
-    executorch_int8: bool
-    headless: bool
-    updatable: str | None
-    on_device: OnDeviceSettings
-    max_images: int | None
-    latency_runs: int
-    latency_warmup: int
-    author: str
-    license: str
-    version: str
-    description: str
+    """The schema of the `export` node: conf/export/default.yaml holds the values and says what each does;
+    Hydra checks keys and types against this when it composes the config, so `export.onnx.int88=true` or
+    `export.latency.runs=many` fails before anything runs, with Hydra's message."""
+
+    enabled: bool = MISSING
+    formats: list[str] = MISSING
+    torchscript: TorchscriptSettings = MISSING
+    onnx: OnnxSettings = MISSING
+    coreml: CoremlSettings = MISSING
+    litert: LitertSettings = MISSING
+    executorch: ExecutorchSettings = MISSING
+    headless: bool = MISSING
+    updatable: str | None = MISSING
+    on_device: OnDeviceSettings = MISSING
+    verify: VerifySettings = MISSING
+    latency: LatencySettings = MISSING
+    author: str | None = MISSING
+    license: str | None = MISSING
+    version: str | None = MISSING
+    description: str = MISSING
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> ExportSettings:
-        """Read the `export` node (conf/export/default.yaml); every key must be present."""
-        node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-
-        def get(dotted: str) -> Any:
-            value: Any = node
-            for key in dotted.split("."):
-                if not isinstance(value, Mapping) or key not in value:
-                    raise ValueError(f"export config lacks '{dotted}' (see conf/export/default.yaml)")
-                value = value[key]
-            return value
-
-        settings = cls(
-            formats=tuple(get("formats")),
-            torchscript_lite=bool(get("torchscript.lite")),
-            onnx_opset=get("onnx.opset"),
-            onnx_int8=bool(get("onnx.int8")),
-            calibration_images=int(get("onnx.calibration_images")),
-            coreml_quantize=tuple(get("coreml.quantize")),
-            deployment_target=str(get("coreml.minimum_deployment_target")),
-            litert_fp16=bool(get("litert.fp16")),
-            litert_int8=bool(get("litert.int8")),
-            executorch_int8=bool(get("executorch.int8")),
-            headless=bool(get("headless")),
-            updatable=get("updatable"),
-            on_device=OnDeviceSettings(
-                samples_per_class=int(get("on_device.samples_per_class")),
-                k=int(get("on_device.k")),
-                learning_rate=float(get("on_device.learning_rate")),
-                batch_size=int(get("on_device.batch_size")),
-                epochs=int(get("on_device.epochs")),
-                holdout_class=get("on_device.holdout_class"),
-                shots=int(get("on_device.shots")),
-            ),
-            max_images=get("verify.max_images"),
-            latency_runs=int(get("latency.runs")),
-            latency_warmup=int(get("latency.warmup")),
-            author=_or_default(get("author"), default_author),
-            license=_or_default(get("license"), lambda: LICENSE_UNSET),
-            version=_or_default(get("version"), default_version),
-            description=str(get("description")),
-        )
+        """The validated settings of an `export` node, with author, license and version filled in."""
+        try:
+            node = OmegaConf.merge(OmegaConf.structured(cls), cfg)
+            settings: ExportSettings = OmegaConf.to_object(node)  # type: ignore[assignment]
+        except OmegaConfBaseException as exc:  # a node that did not come through Hydra's schema check
+            raise ValueError(f"export config (conf/export/default.yaml): {exc}") from exc
+        settings.author = _or_default(settings.author, default_author)
+        settings.license = _or_default(settings.license, lambda: LICENSE_UNSET)
+        settings.version = _or_default(settings.version, default_version)
         settings.validate()
         return settings
 
@@ -180,7 +191,7 @@ class ExportSettings:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ValueError(unknown_formats_message(unknown))
-        for variant in self.coreml_quantize:
+        for variant in self.coreml.quantize:
             bits = palette_bits(variant)
             if variant not in ("fp32", "fp16", "int8", "w8a8") and bits is None:
                 raise ValueError(
@@ -192,10 +203,10 @@ class ExportSettings:
         if "coreml" in self.formats:
             from trainer.export.coreml import deployment_target  # coremltools loads only when wanted
 
-            deployment_target(self.deployment_target)
-        if self.latency_runs < 1 or self.latency_warmup < 0:
+            deployment_target(self.coreml.minimum_deployment_target)
+        if self.latency.runs < 1 or self.latency.warmup < 0:
             raise ValueError("export.latency: runs must be >= 1 and warmup >= 0")
-        if self.calibration_images < 1:
+        if self.onnx.calibration_images < 1:
             raise ValueError("export.onnx.calibration_images must be >= 1")
         if self.updatable is not None and self.updatable not in UPDATABLE_KINDS:
             raise ValueError(
@@ -203,3 +214,9 @@ class ExportSettings:
                 f"{', '.join(UPDATABLE_KINDS)}"
             )
         self.on_device.validate()
+
+
+def register_schema() -> None:
+    """Make the schema available as `export/schema`, which conf/export/default.yaml extends; called before
+    Hydra composes (trainer.cli)."""
+    ConfigStore.instance().store(group="export", name="schema", node=ExportSettings)

@@ -81,7 +81,7 @@ def export(job: ExportJob) -> None:
         export_torchscript(job.model, job.example, path)
         entry = job.add(path, format="torchscript", precision="fp32")
         job.verify(entry, torch_predictor(load_torchscript(path)), job.reference, fp32=True)
-    if not job.settings.torchscript_lite:
+    if not job.settings.torchscript.lite:
         return
     reason = lite_unavailable_reason() or (None if path.exists() else "the TorchScript export failed")
     if reason:
