@@ -8,7 +8,7 @@
 Writes benchmark.json in its Hydra run directory. Same as the `trainer-benchmark` command.
 """
 
-from trainer.reports.benchmark import main
+from trainer.cli import benchmark
 
 if __name__ == "__main__":
-    main()
+    benchmark()

@@ -33,8 +33,9 @@ from trainer.data.index import build_index
 from trainer.models import build_backbone
 from trainer.training.module import ClassifierModule
 from trainer.training.plain_recipe import split_folder_root, train_plain
-from trainer.training.run import apply_cpu_threads, build_trainer
+from trainer.training.run import build_trainer
 from trainer.training.speed import resolve_memory_format
+from trainer.training.threads import apply_cpu_threads
 
 
 def load() -> float:

@@ -18,7 +18,7 @@ from test_backbone_conversion import lively
 from test_export import CLASSES, MEAN, STD, export_config
 from torch import nn
 
-from trainer.export import coreml
+from trainer.export import coreml_convert, coreml_spec
 from trainer.export.coreml_executor import CoreMLExecutor
 from trainer.export.coreml_verify import (
     gate,
@@ -32,7 +32,7 @@ from trainer.export.settings import ExportSettings
 from trainer.export.verify import fp32_problems, softmax, torch_predictor
 
 SIZE = 32
-NORM = coreml.ImageNormalization.from_stats(MEAN, STD)
+NORM = coreml_convert.ImageNormalization.from_stats(MEAN, STD)
 SETTINGS = ExportSettings.from_config(export_config())
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,11 +55,11 @@ def small_net() -> nn.Module:
     return lively(net, SIZE)
 
 
-def save(module: nn.Module, path: Path, norm: coreml.ImageNormalization = NORM) -> Path:
-    mlmodel = coreml.convert(
+def save(module: nn.Module, path: Path, norm: coreml_convert.ImageNormalization = NORM) -> Path:
+    mlmodel = coreml_convert.convert(
         module, image_size=SIZE, norm=norm, classes=CLASSES, target_name="iOS16", precision="fp32"
     )
-    coreml.save(mlmodel, path, settings=SETTINGS, user_metadata={}, classifier=True)
+    coreml_convert.save(mlmodel, path, settings=SETTINGS, user_metadata={}, classifier=True)
     return path
 
 
@@ -106,14 +106,14 @@ def test_good_package_agrees_with_pytorch(packages: dict) -> None:
     assert np.abs(predict(inputs)[:, ::-1] - reference).max() < 1e-5, "columns follow the requested order"
     assert executor_problems(packages["good"], packages["model"]) == []
     spec_kwargs = {"image_size": SIZE, "norm": NORM, "classes": CLASSES, "user_metadata_keys": []}
-    assert coreml.check_spec(packages["good"], **spec_kwargs) == []
+    assert coreml_spec.check_spec(packages["good"], **spec_kwargs) == []
 
 
 @pytest.mark.parametrize("broken", ["channels swapped", "correction removed", "weights perturbed"])
 def test_broken_packages_are_caught(packages: dict, broken: str) -> None:
     problems = executor_problems(packages[broken], packages["model"])
     assert any("max |output diff|" in p for p in problems), problems
-    spec = coreml.check_spec(
+    spec = coreml_spec.check_spec(
         packages[broken], image_size=SIZE, norm=NORM, classes=CLASSES, user_metadata_keys=[]
     )
     if broken == "channels swapped":
@@ -123,19 +123,21 @@ def test_broken_packages_are_caught(packages: dict, broken: str) -> None:
 
 
 def test_stored_correction_is_within_the_fp16_tolerance(packages: dict, tmp_path: Path) -> None:
-    gain, offset = coreml.stored_correction(packages["good"])
+    gain, offset = coreml_spec.stored_correction(packages["good"])
     assert NORM.correction_error(gain, offset) < 1e-4  # fp32: only the converter's batch_norm epsilon
-    fp16 = coreml.convert(
+    fp16 = coreml_convert.convert(
         packages["model"], image_size=SIZE, norm=NORM, classes=CLASSES, target_name="iOS16", precision="fp16"
     )
     fp16.save(str(tmp_path / "fp16.mlpackage"))
-    error = NORM.correction_error(*coreml.stored_correction(tmp_path / "fp16.mlpackage"))
-    assert 1e-4 < error < coreml.CORRECTION_TOLERANCE  # fp16 storage: not exact, within the stated bound
+    error = NORM.correction_error(*coreml_spec.stored_correction(tmp_path / "fp16.mlpackage"))
+    assert (
+        1e-4 < error < coreml_convert.CORRECTION_TOLERANCE
+    )  # fp16 storage: not exact, within the stated bound
 
 
 def test_unknown_op_is_named(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
-    mlmodel = coreml.convert(
+    mlmodel = coreml_convert.convert(
         model, image_size=SIZE, norm=NORM, classes=None, target_name="iOS16", precision="fp32"
     )
     mlmodel.save(str(tmp_path / "gelu.mlpackage"))
@@ -166,13 +168,13 @@ def test_int8_size_expectation_at_alpha_035(tmp_path: Path) -> None:
     well above 8/16 of fp16, and the check expects exactly that instead of failing a valid export."""
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v2(width_mult=0.35, num_classes=len(CLASSES)).eval()
-    fp16 = coreml.convert(
+    fp16 = coreml_convert.convert(
         model, image_size=SIZE, norm=NORM, classes=CLASSES, target_name="iOS16", precision="fp16"
     )
-    fp16_bytes = coreml.in_memory_weights_bytes(fp16)
+    fp16_bytes = coreml_convert.in_memory_weights_bytes(fp16)
     int8_path = tmp_path / "int8.mlpackage"
-    coreml.compress(fp16, "int8", []).save(str(int8_path))
-    ratio = coreml.weights_bytes(int8_path) / fp16_bytes
+    coreml_convert.compress(fp16, "int8", []).save(str(int8_path))
+    ratio = coreml_convert.weights_bytes(int8_path) / fp16_bytes
     expected, problems = weight_ratio_problems(int8_path, "int8", ratio)
     assert problems == [] and ratio > 0.55 and expected > 0.53
     # an int8 package that compressed nothing is a defect, whatever its size

@@ -28,7 +28,7 @@ from trainer.cli import compose_config
 from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
-from trainer.export import coreml, export_all
+from trainer.export import coreml_convert, coreml_spec, export_all
 from trainer.export import onnx as onnx_format
 from trainer.export.coreml_verify import RUNTIME
 from trainer.export.handoff import xcode_class_name
@@ -278,7 +278,7 @@ def test_int8_onnx_is_quantized_and_close_to_fp32(exported: dict) -> None:
 
 def test_coreml_spec(exported: dict) -> None:
     out = exported["out"]
-    norm = coreml.ImageNormalization.from_stats(MEAN, STD)
+    norm = coreml_convert.ImageNormalization.from_stats(MEAN, STD)
     for variant in ("fp16", "int8", "palettize6"):
         package = out / f"ImageClassifier_{variant}.mlpackage"
         spec = ct.models.utils.load_spec(str(package))
@@ -295,20 +295,21 @@ def test_coreml_spec(exported: dict) -> None:
         assert meta.userDefined["backbone"] == "mobilenet_v2" and meta.userDefined["config_hash"] == "c0ffee"
         assert json.loads(meta.userDefined["mean"]) == list(MEAN) and meta.userDefined["resolution"] == "64"
         kwargs = {"image_size": SIZE, "user_metadata_keys": list(METADATA)}
-        assert coreml.check_spec(package, norm=norm, classes=CLASSES, **kwargs) == []
+        assert coreml_spec.check_spec(package, norm=norm, classes=CLASSES, **kwargs) == []
         # the checker really reads labels and scale/bias: wrong expectations are reported
-        wrong_order = coreml.check_spec(package, norm=norm, classes=CLASSES[::-1], **kwargs)
+        wrong_order = coreml_spec.check_spec(package, norm=norm, classes=CLASSES[::-1], **kwargs)
         assert any("class labels" in p for p in wrong_order)
-        other_norm = coreml.ImageNormalization.from_stats((0.5,) * 3, (0.5,) * 3)
+        other_norm = coreml_convert.ImageNormalization.from_stats((0.5,) * 3, (0.5,) * 3)
         assert any(
-            "scale/bias" in p for p in coreml.check_spec(package, norm=other_norm, classes=CLASSES, **kwargs)
+            "scale/bias" in p
+            for p in coreml_spec.check_spec(package, norm=other_norm, classes=CLASSES, **kwargs)
         )
 
 
 def test_compressed_coreml_variants_are_smaller(exported: dict) -> None:
     out = exported["out"]
     weights = {
-        v: coreml.weights_bytes(out / f"ImageClassifier_{v}.mlpackage")
+        v: coreml_convert.weights_bytes(out / f"ImageClassifier_{v}.mlpackage")
         for v in ("fp16", "int8", "palettize6")
     }
     assert weights["fp16"] > 500_000, "the model must have enough weights for the ratios to mean something"
@@ -357,26 +358,26 @@ def test_skipped_variants_give_reasons(exported: dict) -> None:
     skipped = {s["name"]: s["reason"] for s in exported["manifest"]["skipped"]}
     assert "iOS17" in skipped["coreml_w8a8"]
     if sys.platform != "darwin":
-        assert "macOS" in coreml.w8a8_skip_reason("iOS17")
+        assert "macOS" in coreml_convert.w8a8_skip_reason("iOS17")
     if lite_unavailable_reason() is not None:
         assert "XNNPACK" in skipped["torchscript_lite"]
 
 
 def test_normalization_folded_into_image_input_is_exact() -> None:
     model = tiny_net()
-    norm = coreml.ImageNormalization.from_stats(MEAN, STD)
+    norm = coreml_convert.ImageNormalization.from_stats(MEAN, STD)
     assert norm.scale == pytest.approx(1 / (255 * np.mean(STD)))
     assert norm.bias == pytest.approx([-m / s for m, s in zip(MEAN, STD, strict=True)])
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 3, SIZE, SIZE)).astype(np.float32)
     expected_input = (pixels / 255 - np.reshape(MEAN, (1, 3, 1, 1))) / np.reshape(STD, (1, 3, 1, 1))
     core_ml_input = norm.image_type_output(pixels)  # what ImageType's scale/bias alone produce
     assert np.abs(core_ml_input - expected_input).max() > 1e-2, "unequal stds: the correction must matter"
-    wrapped = coreml.CoreMLWrapper(model, norm, classifier=False).eval()
+    wrapped = coreml_convert.CoreMLWrapper(model, norm, classifier=False).eval()
     with torch.no_grad():
         ours = wrapped(torch.from_numpy(core_ml_input)).numpy()
         reference = model(torch.from_numpy(expected_input.astype(np.float32))).numpy()
     np.testing.assert_allclose(ours, reference, atol=1e-5)
-    assert coreml.ImageNormalization.from_stats((0.5,) * 3, (0.5,) * 3).gain is None
+    assert coreml_convert.ImageNormalization.from_stats((0.5,) * 3, (0.5,) * 3).gain is None
 
 
 def test_headless_variant(exported: dict) -> None:

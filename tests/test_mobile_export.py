@@ -32,7 +32,7 @@ from torchvision import transforms as T
 
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
-from trainer.export import export_all, litert
+from trainer.export import export_all, litert, litert_flatbuffer
 from trainer.export.formats import FORMATS, Format
 from trainer.export.job import MAX_INT8_TOP1_DROP, ExportJob
 from trainer.export.predict import predict_images
@@ -128,7 +128,7 @@ def test_tflite_interface_and_metadata(exported: dict) -> None:
         logits = interpreter.get_tensor(logits_out["index"])
         if name == "model.tflite":
             np.testing.assert_allclose(logits, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max())))
-        metadata = litert.read_metadata(exported["out"] / name)
+        metadata = litert_flatbuffer.read_metadata(exported["out"] / name)
         assert (
             metadata["classes"] == CLASSES and metadata["mean"] == list(MEAN) and metadata["std"] == list(STD)
         )

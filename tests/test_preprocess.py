@@ -28,12 +28,12 @@ from trainer.data.data_config import CROP_MODES, DataConfig, data_config_from_me
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import DatasetIndex
 from trainer.data.transforms import eval_transform
-from trainer.export import coreml, export_all, pipeline
+from trainer.export import coreml_convert, coreml_spec, export_all, pipeline
 from trainer.export import onnx as onnx_format
 from trainer.export.confidence import accuracy_text, wilson_interval
-from trainer.export.handoff import swift_classifier
 from trainer.export.predict import preprocess_images, read_manifest
 from trainer.export.settings import LICENSE_UNSET, ExportSettings, default_author
+from trainer.export.swift_code import swift_classifier
 from trainer.models import build_backbone
 
 SIZE = 64
@@ -55,7 +55,7 @@ def photo(tmp_path: Path) -> Path:
     return path
 
 
-def coreml_input(pixels: np.ndarray, norm: coreml.ImageNormalization) -> np.ndarray:
+def coreml_input(pixels: np.ndarray, norm: coreml_convert.ImageNormalization) -> np.ndarray:
     """What the model's first ops compute from raw (3, S, S) pixels: ImageType scale/bias, then the
     per-channel correction (gain, offset) the export traces into the graph."""
     x = norm.image_type_output(pixels[None].astype(np.float64))[0].astype(np.float64)
@@ -145,9 +145,11 @@ def test_every_measured_path_gives_the_validation_tensor(paths: dict) -> None:
 
 def test_coreml_input_and_vision_region_reproduce_the_tensor(paths: dict) -> None:
     val, data_config, out = paths["val"], paths["data_config"], paths["out"]
-    norm = coreml.ImageNormalization.from_stats(data_config.mean, data_config.std)
+    norm = coreml_convert.ImageNormalization.from_stats(data_config.mean, data_config.std)
     package = out / "ImageClassifier_fp16.mlpackage"
-    assert not coreml.check_spec(package, image_size=SIZE, norm=norm, classes=CLASSES, user_metadata_keys=[])
+    assert not coreml_spec.check_spec(
+        package, image_size=SIZE, norm=norm, classes=CLASSES, user_metadata_keys=[]
+    )
     # the pixels the val tensor came from, through the package's scale/bias and the correction
     pixels = np.rint(
         (val * np.reshape(data_config.std, (3, 1, 1)) + np.reshape(data_config.mean, (3, 1, 1))) * 255
@@ -226,8 +228,10 @@ def test_check_spec_reports_empty_author_and_license(paths: dict, tmp_path: Path
     model.author, model.license = "", ""
     broken = tmp_path / "broken.mlpackage"
     model.save(str(broken))
-    norm = coreml.ImageNormalization.from_stats(paths["data_config"].mean, paths["data_config"].std)
-    problems = coreml.check_spec(broken, image_size=SIZE, norm=norm, classes=CLASSES, user_metadata_keys=[])
+    norm = coreml_convert.ImageNormalization.from_stats(paths["data_config"].mean, paths["data_config"].std)
+    problems = coreml_spec.check_spec(
+        broken, image_size=SIZE, norm=norm, classes=CLASSES, user_metadata_keys=[]
+    )
     assert problems == ["metadata fields ['author', 'license'] are empty"]
 
 

@@ -21,8 +21,8 @@ from test_export import CLASSES, DATA_CONFIG, MEAN, METADATA, SIZE, STD, export_
 from torch import nn
 
 from trainer.cli import compose_config
-from trainer.export import export_all, nn_executor, personalize, updatable
-from trainer.export.coreml import ImageNormalization
+from trainer.export import export_all, nn_executor, personalize, updatable, updatable_spec
+from trainer.export.coreml_convert import ImageNormalization
 from trainer.export.settings import ExportSettings
 from trainer.export.updatable_export import linear_head
 from trainer.export.updatable_swift import SWIFT_NAME
@@ -120,9 +120,9 @@ def test_spec_is_an_updatable_pipeline(variant: str, request: pytest.FixtureRequ
     assert manifest["handoff"] == ["labels.txt", SWIFT_NAME, "README.md"]
     norm = ImageNormalization.from_stats(MEAN, STD)
     path = result["out"] / updatable.MODEL_NAME
-    assert updatable.check_spec(path, kind=variant, image_size=SIZE, norm=norm, classes=CLASSES) == []
+    assert updatable_spec.check_spec(path, kind=variant, image_size=SIZE, norm=norm, classes=CLASSES) == []
     spec = load(result)
-    extractor, last = updatable.sub_models(spec)
+    extractor, last = updatable_spec.sub_models(spec)
     assert spec.isUpdatable and last.isUpdatable and not extractor.isUpdatable
     assert spec.specificationVersion == 4  # iOS 13, the first Core ML with on-device update
     assert [f.name for f in spec.description.trainingInput] == ["image", "classLabel"]
@@ -132,7 +132,7 @@ def test_spec_is_an_updatable_pipeline(variant: str, request: pytest.FixtureRequ
 
 
 def test_knn_is_seeded_with_a_class_balanced_sample(knn: dict) -> None:
-    _, last = updatable.sub_models(load(knn))
+    _, last = updatable_spec.sub_models(load(knn))
     index = last.kNearestNeighborsClassifier
     labels = list(index.stringClassLabels.vector)
     assert {c: labels.count(c) for c in CLASSES} == {c: 6 for c in CLASSES}
@@ -143,13 +143,13 @@ def test_knn_is_seeded_with_a_class_balanced_sample(knn: dict) -> None:
 
 def test_head_carries_the_trained_weights_and_update_parameters(head: dict, samples: tuple) -> None:
     spec = load(head)
-    _, last = updatable.sub_models(spec)
-    weight, bias = updatable.head_weights(last)
+    _, last = updatable_spec.sub_models(spec)
+    weight, bias = updatable_spec.head_weights(last)
     trained_weight, trained_bias = linear_head(samples[2][-2:])
     np.testing.assert_array_equal(weight, trained_weight)
     np.testing.assert_array_equal(bias, trained_bias)
     opts = head["cfg"].on_device
-    assert updatable.update_parameters(spec) == {
+    assert updatable_spec.update_parameters(spec) == {
         "learningRate": opts.learning_rate,
         "miniBatchSize": opts.batch_size,
         "epochs": opts.epochs,
@@ -171,7 +171,7 @@ def test_swift_uses_the_spec_names(variant: str, request: pytest.FixtureRequest)
     assert constants["probabilitiesOutput"] == spec.description.predictedProbabilitiesName
     assert constants["labelInput"] == spec.description.predictedFeatureName
     keys = re.findall(r"parameters\[\.(\w+)\]", swift)
-    assert keys == list(updatable.update_parameters(spec))
+    assert keys == list(updatable_spec.update_parameters(spec))
     assert f'forResource: "{Path(updatable.MODEL_NAME).stem}", withExtension: "mlmodelc"' in swift
     for call in (
         "MLUpdateTask(",

@@ -1,4 +1,5 @@
-"""Hydra entry points; `train.py` at the repo root and the `trainer-train` console script call these."""
+"""Hydra entry points: train.py and scripts/*.py at the repo root and the trainer-* console scripts call
+these."""
 
 from __future__ import annotations
 
@@ -68,6 +69,18 @@ def export(cfg: DictConfig) -> None:
         return manifest
 
     exit_on_user_error(job, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="benchmark")
+def benchmark(cfg: DictConfig) -> None:
+    """Measure a backbone, checkpoint or export folder; exits 1 on a bad setting or path, or when a runtime
+    failed."""
+    from trainer.reports.benchmark import run_benchmark
+
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one INFO line per deduplicated int8 initializer
+    result = exit_on_user_error(lambda cfg: run_benchmark(cfg, Path(cfg.paths.output_dir)), cfg)
+    if result["errors"]:
+        sys.exit(1)
 
 
 def compose_config(overrides: list[str], output_dir: str | None = None) -> DictConfig:

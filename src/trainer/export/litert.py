@@ -7,13 +7,12 @@ model, as in Core ML. Output: (1, classes) logits. fp16 stores the weights as fl
 the CPU, used as is by the GPU delegate); int8 is full-integer post-training quantization (int8 weights per
 channel and activations, min/max calibrated on training images) with QUANTIZE / DEQUANTIZE ops added at the
 ends, so its input and output stay float32 and the app code is the same for all three. The classes, mean/std
-and the input layout are stored in the model's metadata (entry METADATA_NAME, JSON).
+and the input layout are stored in the model's metadata (entry `trainer`, JSON: litert_flatbuffer.py).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -26,11 +25,11 @@ import torch
 from torch import nn
 
 from trainer.export.job import ExportJob
+from trainer.export.litert_flatbuffer import float_io, signature, with_metadata
 from trainer.export.manifest import atomic_output
 from trainer.export.verify import Predict
 
 FILES = {"fp32": "model.tflite", "fp16": "model_fp16.tflite", "int8": "model_int8.tflite"}
-METADATA_NAME = "trainer"
 INT8_RECIPE = (
     "full-integer static PTQ (ai-edge-quantizer static_wi8_ai8): per-channel int8 weights, int8 activations, "
     "min/max calibration; float32 input and output"
@@ -128,16 +127,6 @@ def litert_predictor(path: Path, mean: Sequence[float], std: Sequence[float], th
     return predict
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    """The JSON this export stores in a .tflite's metadata (classes, mean, std, input layout)."""
-
-    model = _unpack(path.read_bytes())
-    for entry in model.metadata or []:
-        if entry.name.decode() == METADATA_NAME:
-            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
-    raise KeyError(f"{path} has no '{METADATA_NAME}' metadata")
-
-
 def _predictor(path: Path, job: ExportJob) -> Predict:
     return litert_predictor(path, job.mean, job.std, job.threads)
 
@@ -189,12 +178,11 @@ def _int8(fp32_bytes: bytes, pixels: np.ndarray) -> bytes:
     if not len(pixels):
         raise ValueError("no readable calibration images for int8 quantization")
     q = quantizer.Quantizer(bytearray(fp32_bytes), recipe.static_wi8_ai8())
-    signature = _signature(fp32_bytes)
-    (name, (input_name, _)) = next(iter(signature.items()))
+    (name, (input_name, _)) = next(iter(signature(fp32_bytes).items()))
     samples = {name: [{input_name: p[None]} for p in pixels]}
     with _quiet():
         quantized = q.quantize(q.calibrate(samples)).quantized_model
-    return _float_io(bytes(quantized))
+    return float_io(bytes(quantized))
 
 
 @contextmanager
@@ -205,106 +193,6 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _signature(model_bytes: bytes) -> dict[str, tuple[str, str]]:
-    """Signature name -> (its one input name, its one output name)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    signatures = Interpreter(model_content=model_bytes).get_signature_list()
-    return {k: (v["inputs"][0], v["outputs"][0]) for k, v in signatures.items()}
-
-
-def _opcode(model: Any, builtin: int) -> int:
-    """Index of `builtin` in the model's operator codes, added when missing."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    for index, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
-            return index
-    code = schema.OperatorCodeT()
-    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 2
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
-
-
-def _float_io(model_bytes: bytes) -> bytes:
-    """Give a quantized model float32 input and output: a QUANTIZE op in front of each int8 input and a
-    DEQUANTIZE op after each int8 output (what TFLite's converter does by default; ai-edge-quantizer leaves
-    the ends int8). The signature then names the new float tensors."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = _unpack(model_bytes)
-    graph = model.subgraphs[0]
-    quantize = _opcode(model, schema.BuiltinOperator.QUANTIZE)
-    dequantize = _opcode(model, schema.BuiltinOperator.DEQUANTIZE)
-    renamed: dict[int, int] = {}
-
-    def float_twin(index: int) -> int:
-        old = graph.tensors[index]
-        new = schema.TensorT()
-        new.shape, new.shapeSignature, new.name = old.shape, old.shapeSignature, old.name
-        new.type, new.buffer = schema.TensorType.FLOAT32, 0
-        old.name = old.name + b"_int8"
-        graph.tensors.append(new)
-        renamed[index] = len(graph.tensors) - 1
-        return renamed[index]
-
-    def operator(code: int, source: int, target: int) -> Any:
-        op = schema.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = code, [source], [target]
-        return op
-
-    front, back = [], []
-    for position, index in enumerate(list(graph.inputs)):
-        if graph.tensors[index].type != schema.TensorType.FLOAT32:
-            graph.inputs[position] = float_twin(index)
-            front.append(operator(quantize, graph.inputs[position], index))
-    for position, index in enumerate(list(graph.outputs)):
-        if graph.tensors[index].type != schema.TensorType.FLOAT32:
-            graph.outputs[position] = float_twin(index)
-            back.append(operator(dequantize, index, graph.outputs[position]))
-    graph.operators = front + list(graph.operators) + back
-    for signature in model.signatureDefs or []:
-        for tensor_map in [*signature.inputs, *signature.outputs]:
-            tensor_map.tensorIndex = renamed.get(tensor_map.tensorIndex, tensor_map.tensorIndex)
-    return _pack(model)
-
-
-def _unpack(model_bytes: bytes) -> Any:
-    """The model as schema objects, with weights the converter stored after the flatbuffer (buffer offset and
-    size) read in, so that packing it again keeps them."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    for buffer in model.buffers or []:
-        if buffer.offset > 1:
-            start, end = buffer.offset, buffer.offset + buffer.size
-            buffer.data = np.frombuffer(model_bytes[start:end], dtype=np.uint8)
-            buffer.offset = buffer.size = 0
-    return model
-
-
-def _pack(model: Any) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _with_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> bytes:
-    """The model with `metadata` as JSON under METADATA_NAME (replacing an earlier entry of that name)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = _unpack(model_bytes)
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(json.dumps(metadata, default=str).encode(), dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name, entry.buffer = METADATA_NAME.encode(), len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name != entry.name] + [entry]
-    return _pack(model)
-
-
 def _write(job: ExportJob, path: Path, model_bytes: bytes, precision: str) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_bytes(_with_metadata(model_bytes, {**_metadata(job), "precision": precision}))
+        tmp.write_bytes(with_metadata(model_bytes, {**_metadata(job), "precision": precision}))

@@ -22,18 +22,13 @@ from torch import nn
 
 from trainer.data.data_config import DataConfig
 from trainer.export.formats import FORMATS, Format
-from trainer.export.handoff import (
-    CARD_NAME,
-    swift_package,
-    tflite_model,
-    write_kotlin,
-    write_labels,
-    write_model_card,
-    write_swift,
-)
+from trainer.export.handoff import CARD_NAME, swift_package, tflite_model, write_labels
 from trainer.export.job import ExportJob
+from trainer.export.kotlin_code import write_kotlin
 from trainer.export.manifest import MANIFEST_NAME, staged_folder, write_manifest
+from trainer.export.model_card import write_model_card
 from trainer.export.settings import ExportSettings
+from trainer.export.swift_code import write_swift
 from trainer.export.verify import latency_ms, load_inputs, run_batches, top1, torch_predictor
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from trainer.data.data_config import DataConfig
-from trainer.export import nn_executor, personalize, updatable
-from trainer.export.coreml import INPUT_NAME, NOT_MACOS_REASON, ImageNormalization
+from trainer.export import nn_executor, personalize, updatable, updatable_spec
+from trainer.export.coreml import NOT_MACOS_REASON
+from trainer.export.coreml_convert import INPUT_NAME, ImageNormalization
 from trainer.export.verify import Predict, compare, fp32_problems, load_inputs, run_batches, torch_predictor
 
 if TYPE_CHECKING:
@@ -148,13 +149,13 @@ def export_updatable(
         entry = job.add(path, format="coreml", precision="fp32", kind="updatable", updatable=kind)
         job.fail(
             entry["name"],
-            updatable.check_spec(path, kind=kind, image_size=image_size, norm=norm, classes=classes),
+            updatable_spec.check_spec(path, kind=kind, image_size=image_size, norm=norm, classes=classes),
         )
         saved = ct.utils.load_spec(str(path))
         entry.update(
             {
                 "training_inputs": [f.name for f in saved.description.trainingInput],
-                "update_parameters": updatable.update_parameters(saved),
+                "update_parameters": updatable_spec.update_parameters(saved),
                 "minimum_deployment_target": "iOS13",
                 "latency_ms": None,
                 "reason": f"{NOT_MACOS_REASON}; {SIMULATED}",
@@ -179,7 +180,7 @@ def _measure(
     seeds: set[str],
 ) -> None:
     """Extractor agreement with PyTorch, val top-1 before any update, and the personalization experiment."""
-    _, last = updatable.sub_models(spec)
+    _, last = updatable_spec.sub_models(spec)
     kind = "knn" if last.WhichOneof("Type") == "kNearestNeighborsClassifier" else "head"
     val = run_batches(embed.predict, job.inputs)
     unit = kind == "knn"  # the k-NN's extractor ends with an L2 normalization
@@ -209,12 +210,12 @@ def _measure(
         predicted = personalize.knn_predict(index, labels, val, k)
         result = personalize.knn_experiment(experiment, index, labels, k)
     else:
-        weight, bias = updatable.head_weights(last)
+        weight, bias = updatable_spec.head_weights(last)
         predicted = personalize.head_predict(weight, bias, val)
         entry["top1_agreement"] = float((predicted == reference_logits.argmax(1)).mean())
         others = [c for c in range(len(classes)) if c != holdout]
         refit = embed(embed.per_class(others, HOLDOUT_FIT_PER_CLASS))
-        params = updatable.update_parameters(spec)
+        params = updatable_spec.update_parameters(spec)
         sgd = {
             "learning_rate": params["learningRate"],
             "batch_size": params["miniBatchSize"],

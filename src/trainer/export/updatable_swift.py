@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.export.coreml import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT
+from trainer.export.coreml_convert import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT
 from trainer.export.handoff import UPDATABLE_SWIFT_NAME
 from trainer.export.manifest import write_text
 from trainer.export.updatable import MODEL_NAME, UPDATE_PARAMETERS

@@ -1,4 +1,5 @@
-"""trainer-benchmark: what a model costs on this CPU, for a bare backbone, a checkpoint or an export folder.
+"""What a model costs on this CPU, for a bare backbone, a checkpoint or an export folder (trainer-benchmark,
+scripts/benchmark.py; its config is conf/benchmark.yaml).
 
     python scripts/benchmark.py model=mobilenet_v1 model.alpha=0.25 model.num_classes=1000 \
         dataset.image_size=224
@@ -13,17 +14,14 @@ not measured). Everything lands in `<run dir>/benchmark.json`, under the key nam
 report merges into the row of the run whose checkpoint or export it measured (`source_run`). Peak RSS is the
 whole process's (model build and exports included).
 
-The config is train.yaml plus the keys below; a bare backbone has `model.num_classes` classes (null: 1000) and
-is built without pretrained weights (they do not change its cost).
+A bare backbone has `model.num_classes` classes (null: 1000) and is built without pretrained weights (they do
+not change its cost).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -31,64 +29,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from trainer.cli import CONFIG_DIR, exit_on_user_error
 from trainer.export import onnx as onnx_format
 from trainer.export import torchscript as torchscript_format
-from trainer.export.checkpoint import load_checkpoint
-from trainer.export.formats import RuntimeUnavailable, suffix_formats
-from trainer.export.manifest import MANIFEST_NAME, record_errors, size_bytes
+from trainer.export.formats import RuntimeUnavailable
+from trainer.export.manifest import record_errors, size_bytes
 from trainer.export.onnx import export_onnx, onnx_predictor, quantize_int8
 from trainer.export.predict import load_predictor
 from trainer.export.torchscript import export_torchscript, load_torchscript
 from trainer.export.verify import Predict, latency_ms, torch_predictor
-from trainer.models import build_backbone, count_macs, count_params
-from trainer.reports.collect import BENCHMARK_NAME, CONFIG_PATH, METRICS_NAME, read_config, read_json
+from trainer.reports.benchmark_subjects import (
+    Subject,
+    artifacts_subject,
+    backbone_subject,
+    checkpoint_subject,
+    find_source_run,
+)
+from trainer.reports.collect import BENCHMARK_NAME
+from trainer.reports.machine import machine_info, peak_rss_mb
 from trainer.reports.table import runtime_key
-from trainer.training.run import apply_cpu_threads, write_json
+from trainer.training.run import write_json
+from trainer.training.threads import apply_cpu_threads
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NUM_CLASSES = 1000
 RUNTIMES = ("pytorch", "torchscript", "onnx", "onnx_int8")
 Candidate = tuple[str, Path | None, Callable[[], Predict]]  # runtime name, its file (None: eager), its loader
-
-ConfigStore.instance().store(
-    name="benchmark",
-    node={
-        "defaults": ["train", "_self_"],
-        "ckpt": None,  # a Lightning checkpoint of train.py: model, classes and resolution come from it
-        "artifacts": None,  # an export folder (manifest.json beside the files) or any folder of .onnx/.pt
-        "model": {"num_classes": None},
-        "benchmark": {
-            "runs": 50,
-            "warmup": 10,
-            "runtimes": list(RUNTIMES),  # for a backbone or checkpoint; an export folder times what it holds
-            "calibration_images": 8,
-        },
-        "task_name": "benchmark",
-        "hydra": {"run": {"dir": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}_benchmark"}},
-    },
-)
-
-
-@dataclass
-class Subject:
-    """What is measured: identity and cost figures (metrics.json's keys), and either a model or artifacts."""
-
-    mode: str  # backbone | checkpoint | artifacts
-    figures: dict[str, Any]
-    model: nn.Module | None = None
-    artifacts: list[dict[str, Any]] = field(default_factory=list)  # manifest-style entries with a `file`
-    manifest: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,40 +73,6 @@ class Outcome:
     def guard(self, name: str) -> AbstractContextManager[None]:
         """A runtime that fails to export, load or run is recorded; the others are still measured."""
         return record_errors(self.errors, "runtime", name)
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else whatever platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the latency figures were taken: they mean little without it."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu_model": cpu_model(),
-        "processor": platform.processor(),
-        "machine": platform.machine(),
-        "platform": platform.platform(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-    }
-
-
-def peak_rss_mb() -> float | None:
-    """The process's peak resident memory so far, in MB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1e6 if sys.platform == "darwin" else 1e3), 1)
 
 
 def time_predictor(predict: Predict, sample: np.ndarray, runs: int, warmup: int) -> dict[str, float]:
@@ -161,97 +98,6 @@ def time_predictor(predict: Predict, sample: np.ndarray, runs: int, warmup: int)
         "latency_p90_ms": round(deciles[-1], 3),
         "fps": round(1000.0 / median, 2) if median > 0 else None,
     }
-
-
-def find_source_run(path: Path) -> Path | None:
-    """The training run a checkpoint (`<run>/checkpoints/x.ckpt`) or export (`<run>/export`) belongs to."""
-    path = Path(path).resolve()
-    for candidate in [path, *list(path.parents)[:2]]:
-        if (candidate / METRICS_NAME).is_file() or (candidate / CONFIG_PATH).is_file():
-            return candidate
-    return None
-
-
-def _model_figures(model_cfg: dict[str, Any], num_classes: int, image_size: int, model: nn.Module) -> dict:
-    return {
-        "model": model_cfg.get("name"),
-        "alpha": model_cfg.get("alpha"),
-        "image_size": image_size,
-        "num_classes": num_classes,
-        "params": count_params(model),
-        "macs": count_macs(model, image_size),
-        "model_config": model_cfg,
-    }
-
-
-def backbone_subject(cfg: DictConfig) -> Subject:
-    """The configured backbone, untrained, with `model.num_classes` (default 1000) classes."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg["pretrained"] = False
-    num_classes = int(model_cfg.pop("num_classes", None) or DEFAULT_NUM_CLASSES)
-    model = build_backbone(OmegaConf.create(model_cfg), num_classes).model.eval()
-    figures = _model_figures(model_cfg, num_classes, int(cfg.dataset.image_size), model)
-    return Subject("backbone", figures, model=model)
-
-
-def checkpoint_subject(path: Path) -> Subject:
-    """The trained model of a train.py checkpoint, rebuilt from the config and classes saved in it."""
-    backbone, meta = load_checkpoint(path)
-    model_cfg = {**meta["config"]["model"], "pretrained": False}
-    figures = _model_figures(model_cfg, len(meta["classes"]), int(meta["image_size"]), backbone.model)
-    figures["dataset"] = (meta["config"].get("dataset") or {}).get("name")
-    return Subject("checkpoint", figures, model=backbone.model)
-
-
-def _onnx_image_size(entries: list[dict[str, Any]]) -> int | None:
-    """The input resolution fixed in the first ONNX file's graph (None without one)."""
-    for entry in entries:
-        if entry["file"].suffix == ".onnx":
-            graph = onnx.load(str(entry["file"]), load_external_data=False).graph
-            return graph.input[0].type.tensor_type.shape.dim[-1].dim_value or None
-    return None
-
-
-def artifacts_subject(folder: Path, source_run: Path | None, image_size: int) -> Subject:
-    """The artifacts of an export folder (as its manifest lists them), or every model file in a plain folder.
-
-    Identity and cost come from the run the folder belongs to (its metrics.json, or benchmark.json for a
-    benchmark's own artifacts), then the manifest; the resolution from those, an ONNX graph, or `image_size`.
-    """
-    manifest = read_json(folder / MANIFEST_NAME)
-    suffixes = suffix_formats()
-    if manifest:
-        entries = [{**e, "file": folder / e["path"]} for e in manifest.get("artifacts", [])]
-    else:
-        entries = [
-            {
-                "format": suffixes[p.suffix],
-                "precision": "int8" if "int8" in p.stem else "fp32",
-                "file": p,
-            }
-            for p in sorted(folder.iterdir())
-            if p.suffix in suffixes
-        ]
-    if not entries:
-        raise ValueError(f"{folder} holds no model files ({', '.join(suffixes)})")
-    metrics: dict[str, Any] = {}
-    if source_run:
-        metrics = read_json(source_run / METRICS_NAME) or read_json(source_run / BENCHMARK_NAME)
-    metadata = manifest.get("metadata") or {}
-    figures = {
-        "model": metrics.get("model", metadata.get("backbone")),
-        "alpha": metrics.get("alpha", metadata.get("alpha")),
-        "image_size": int(
-            manifest.get("image_size") or metrics.get("image_size") or _onnx_image_size(entries) or image_size
-        ),
-        "num_classes": len(manifest["classes"]) if manifest.get("classes") else metrics.get("num_classes"),
-        "dataset": metrics.get("dataset", metadata.get("dataset")),
-        "params": metrics.get("params"),
-        "macs": metrics.get("macs"),
-        "model_config": metrics.get("model_config")
-        or (read_config(source_run).get("model") if source_run else None),
-    }
-    return Subject("artifacts", figures, artifacts=entries, manifest=manifest)
 
 
 def _export_runtimes(
@@ -386,12 +232,3 @@ def run_benchmark(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     write_json(out_dir / BENCHMARK_NAME, result)
     log.info("benchmark: %s", out_dir / BENCHMARK_NAME)
     return result
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="benchmark")
-def main(cfg: DictConfig) -> None:
-    """Console entry point (trainer-benchmark); exits 1 on a bad setting or path, or when a runtime failed."""
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one INFO line per deduplicated int8 initializer
-    result = exit_on_user_error(lambda cfg: run_benchmark(cfg, Path(cfg.paths.output_dir)), cfg)
-    if result["errors"]:
-        sys.exit(1)

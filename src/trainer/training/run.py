@@ -38,7 +38,7 @@ from trainer.training.callbacks import (
 )
 from trainer.training.module import ClassifierModule
 from trainer.training.speed import resolve_memory_format, resolve_precision
-from trainer.training.threads import job_threads
+from trainer.training.threads import apply_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,6 @@ def config_hash(cfg: DictConfig) -> str:
 
 def _metric(values: dict[str, torch.Tensor], key: str) -> float | None:
     return float(values[key]) if key in values else None
-
-
-def apply_cpu_threads(cfg: DictConfig) -> None:
-    """Set torch's intra-op threads from `threads`, or this job's share of the cores under a parallel
-    launcher (null otherwise keeps torch's default of one per core)."""
-    threads = job_threads(cfg)
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def cpu_overrides(trainer_cfg: DictConfig) -> dict[str, Any]:

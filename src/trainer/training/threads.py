@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -32,3 +33,11 @@ def job_threads(cfg: DictConfig) -> int | None:
     if "submitit" in target and launcher.get("cpus_per_task"):
         return min(cores, int(launcher.cpus_per_task))
     return None
+
+
+def apply_cpu_threads(cfg: DictConfig) -> None:
+    """Set torch's intra-op threads from `threads`, or this job's share of the cores under a parallel
+    launcher (null otherwise keeps torch's default of one per core)."""
+    threads = job_threads(cfg)
+    if threads:
+        torch.set_num_threads(threads)

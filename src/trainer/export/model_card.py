@@ -1,0 +1,289 @@
+"""The model card (README.md in the export folder): what each artifact is, how it was measured on the val
+images with which preprocessing, how to use it in an app, and how the quantized copies fared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainer.data.data_config import DataConfig
+from trainer.export.confidence import accuracy_text
+from trainer.export.handoff import (
+    CARD_NAME,
+    KOTLIN_NAME,
+    LABELS_NAME,
+    LITERT_DEPENDENCY,
+    SIMULATION_NOTE,
+    SWIFT_NAME,
+    UPDATABLE_SWIFT_NAME,
+    swift_package,
+    tflite_model,
+)
+from trainer.export.job import MAX_INT8_TOP1_DROP
+from trainer.export.manifest import write_text
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _artifact_rows(manifest: dict[str, Any]) -> list[str]:
+    rows = [
+        "| file | format | precision | size | val top-1 (95% Wilson interval) | top-1 agreement with PyTorch "
+        "| latency (CPU, batch 1) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for a in manifest["artifacts"]:
+        latency = "n/a"
+        if a.get("latency_ms") is not None:
+            latency = f"{a['latency_ms']:.2f} ms ({a['threads']} thread{'s' if a['threads'] != 1 else ''})"
+        if a["kind"] == "embedding":
+            quality = "embedding, min cosine vs PyTorch " + (
+                f"{a['min_cosine_similarity']:.4f}" if a.get("min_cosine_similarity") is not None else "n/a"
+            )
+            top1, agreement = "n/a", quality
+        else:
+            top1 = accuracy_text(a.get("val_top1"), manifest["val_images"])
+            agreement = _pct(a.get("top1_agreement"))
+        rows.append(
+            f"| `{a['path']}` | {a['format']} | {a['precision']} | {_size(a['size_bytes'])} | {top1} "
+            f"| {agreement} | {latency} |"
+        )
+    return rows
+
+
+def _preprocessing(prep: DataConfig) -> list[str]:
+    """The measured preprocessing, and how the app reproduces it (the choice, stated for the developer)."""
+    if prep.crop_mode == "squash":
+        region = f"the centred {prep.crop_fraction:.4f} of the upright image's width and height"
+    else:
+        region = f"the centred square of side {prep.crop_fraction:.4f} x the upright image's shorter side"
+    return [
+        "## Preprocessing: the app does what was measured",
+        "",
+        "Every figure in this card was measured with one preprocessing, resolved from the backbone's data "
+        "config when training started and stored in the checkpoint: the photo turned upright by its EXIF "
+        f"orientation, then {prep.describe()} (crop_pct {prep.crop_pct}).",
+        "",
+        f"- **Core ML through Vision** (`{SWIFT_NAME}`): the app reproduces this crop. (The alternative, "
+        "measuring with Vision's `.centerCrop`, would keep the whole shorter side, i.e. crop_pct 1.0, and "
+        "show the backbone more background than it was trained and evaluated with.) The request's "
+        f"`regionOfInterest` is {region}, the region the resize + center crop keeps, and "
+        f"`imageCropAndScaleOption = .scaleFill` scales it to {prep.size}x{prep.size}. Pass the photo's EXIF "
+        "orientation to Vision (`classify(contentsOf:)` and the UIImage overload do). The model applies "
+        f"mean/std itself. Vision's resampling filter is not PIL's {prep.interpolation}: pixels differ "
+        "slightly, the region and the normalization do not.",
+        "- **ONNX / TorchScript**: apply exactly these steps; `preprocess` in `manifest.json` (and in the "
+        "ONNX files' metadata) holds them as data.",
+        "",
+    ]
+
+
+def _trained(meta: dict[str, Any]) -> list[str]:
+    """The run's metadata, its accuracies with their interval on the run's val images."""
+    lines = []
+    for key, value in meta.items():
+        if key in ("val_top1", "val_top3", "val_top5") and isinstance(value, float):
+            value = accuracy_text(value, meta.get("val_images"))
+        lines.append(f"- {key}: {value}")
+    return lines
+
+
+def _coreml_checks(artifacts: list[dict[str, Any]], images: int) -> list[str]:
+    """One line per measured Core ML classifier: its figures, drop against fp32 PyTorch, and gate."""
+    measured = [
+        a for a in artifacts if a["format"] == "coreml" and a["kind"] == "classifier" and a.get("runtime")
+    ]
+    if not measured:
+        return []
+    lines = ["", f"Core ML packages measured with the {measured[0]['runtime']}:", ""]
+    for a in measured:
+        check = a.get("gate")
+        verdict = f"gate {check['rule']}: {'passed' if check['passed'] else 'FAILED'}" if check else "no gate"
+        drop = a.get("top1_drop_vs_fp32")
+        lines.append(
+            f"- `{a['path']}`: val top-1 {accuracy_text(a.get('val_top1'), images)}, "
+            f"agreement {_pct(a.get('top1_agreement'))}, "
+            f"drop vs fp32 PyTorch {'n/a' if drop is None else f'{drop:+.2f} pt'}; {verdict}"
+        )
+    return lines
+
+
+def model_card(manifest: dict[str, Any]) -> str:
+    """README.md for app developers, written from the manifest so the two never disagree."""
+    classes, size = manifest["classes"], manifest["image_size"]
+    prep = DataConfig.from_dict(manifest["preprocess"])
+    meta = manifest.get("metadata", {})
+    reasons = sorted({a["reason"] for a in manifest["artifacts"] if a.get("reason")})
+    lines = [
+        f"# {meta.get('backbone', 'Image')} classifier",
+        "",
+        manifest["description"],
+        "",
+        f"- Author: {manifest['author']}",
+        f"- License: {manifest['license']}",
+        f"- Version: {manifest['version']}",
+        "",
+        f"## Classes ({len(classes)})",
+        "",
+        *[f"{i}. {c}" for i, c in enumerate(classes)],
+        "",
+        "`labels.txt` lists them in output order.",
+        "",
+        "## Input",
+        "",
+        f"- **Core ML** (`.mlpackage`): an RGB image of {size}x{size} pixels, raw 0-255 values: the "
+        "normalization is built into the model. Outputs `classLabel` (best class) and `classLabel_probs` "
+        "(probability per class).",
+        f"- **ONNX / TorchScript**: float32 tensor `image` of shape (N, 3, {size}, {size}), RGB, "
+        f"(pixel / 255 - mean) / std with mean {list(prep.mean)} and std {list(prep.std)}. Output `logits` "
+        "(N, classes); apply softmax for probabilities.",
+        *_mobile_inputs(manifest),
+        "",
+        *_preprocessing(prep),
+        "## Artifacts",
+        "",
+        f"Measured on {manifest['val_images']} validation images; PyTorch itself scores "
+        f"{accuracy_text(manifest['pytorch_val_top1'], manifest['val_images'])} top-1 on them.",
+        "",
+        *_artifact_rows(manifest),
+        "",
+        *[f"n/a: {r}." for r in reasons],
+        *_coreml_checks(manifest["artifacts"], manifest["val_images"]),
+    ]
+    if manifest["skipped"]:
+        lines += ["", "Not produced:", "", *[f"- {s['name']}: {s['reason']}" for s in manifest["skipped"]]]
+    if manifest["errors"]:
+        lines += [
+            "",
+            "**Export errors:**",
+            "",
+            *[f"- {e['artifact']}: {e['error']}" for e in manifest["errors"]],
+        ]
+    lines += [
+        "",
+        "## How it was trained",
+        "",
+        *_trained(meta),
+        "",
+    ]
+    lines += _quantization_lines(manifest)
+    lines += _updatable_section(manifest)
+    package = swift_package(manifest["artifacts"])
+    if package:
+        lines += [
+            "## Using it in an app",
+            "",
+            f"Add `{package}` to your Xcode target and `{SWIFT_NAME}` to your sources, then "
+            "`try Classifier().classify(contentsOf: url)` (or `classify(uiImage)`, or "
+            "`classify(cgImage, orientation:)`) returns the top classes with confidences. "
+            "Xcode's model preview accepts dragged-in photos, but crops them its own way.",
+            "",
+        ]
+    tflite = tflite_model(manifest["artifacts"])
+    if tflite:
+        lines += [
+            "## Using it on Android",
+            "",
+            f"Put `{tflite}` and `{LABELS_NAME}` in `app/src/main/assets`, add "
+            f'`implementation("{LITERT_DEPENDENCY}")` and `{KOTLIN_NAME}`, then '
+            "`Classifier(context).classify(bitmap)` returns the top classes with confidences. It resizes and "
+            "centre-crops the bitmap as measured above and passes raw RGB values; the smaller "
+            "`model_fp16.tflite` and `model_int8.tflite` (sizes and accuracy above) take the same input.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _mobile_inputs(manifest: dict[str, Any]) -> list[str]:
+    """The input bullets of the Android formats, for those exported."""
+    size, formats = manifest["image_size"], {a["format"] for a in manifest["artifacts"]}
+    lines = []
+    if "litert" in formats:
+        lines.append(
+            f"- **LiteRT** (`.tflite`, all precisions alike): float32 (1, {size}, {size}, 3) NHWC, RGB, raw "
+            "0-255 values: the normalization is built into the model. Output (1, classes) logits. The "
+            "classes and mean/std are also in the model's metadata (entry `trainer`, JSON)."
+        )
+    if "executorch" in formats:
+        lines.append(
+            f"- **ExecuTorch** (`.pte`, XNNPACK delegate): float32 (1, 3, {size}, {size}) NCHW, normalized "
+            "as for ONNX. Output (1, classes) logits."
+        )
+    return lines
+
+
+def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
+    """How each quantized copy fared against its own fp32 model on the val images (gate: 1 point)."""
+    rows = [a for a in manifest["artifacts"] if a.get("top1_drop_vs_fp32") is not None]
+    if not rows:
+        return []
+    lines = ["## Quantization on these images", ""]
+    for a in rows:
+        drop = a["top1_drop_vs_fp32"]
+        verdict = "within" if drop <= MAX_INT8_TOP1_DROP else "**over**"
+        agreement = _pct(a.get("top1_agreement_vs_fp32"))
+        lines.append(
+            f"- `{a['path']}`: {drop:+.1f} points of val top-1 lost against fp32 ({verdict} the "
+            f"{MAX_INT8_TOP1_DROP:g}-point gate), top-1 agreement with fp32 {agreement}."
+        )
+    return [*lines, ""]
+
+
+def _updatable_section(manifest: dict[str, Any]) -> list[str]:
+    """How UpdatableClassifier.mlmodel learns on the phone, what it needs, and what it measured."""
+    entry = next((a for a in manifest["artifacts"] if a["kind"] == "updatable"), None)
+    if entry is None:
+        return []
+    kind, params = entry["updatable"], entry.get("update_parameters") or {}
+    lines = [
+        f"## On-device training: `{entry['path']}` ({kind})",
+        "",
+        "Core ML can update only NeuralNetwork and k-nearest-neighbour models (their specs carry the loss, "
+        "optimizer and epochs, or the example index); ML Programs (`.mlpackage`) cannot be trained on the "
+        "device. So this model is a classic `.mlmodel` (iOS 13+): a pipeline of the fine-tuned backbone "
+        "without its head (a NeuralNetwork, fp32, fixed) and "
+        + (
+            "an updatable k-nearest-neighbours classifier seeded with embeddings of "
+            "training images, so it classifies before any update."
+            if kind == "knn"
+            else "the trained linear head as an updatable fully connected layer with softmax, categorical "
+            "cross-entropy loss and SGD."
+        ),
+        "",
+        "- Inputs for prediction: `image`; for `MLUpdateTask`: "
+        + ", ".join(f"`{n}`" for n in entry["training_inputs"])
+        + " (the photo and its label as a string).",
+        "- Update parameters the app can change (`MLParameterKey`): "
+        + (", ".join(f"`{k}` (default {v})" for k, v in params.items()) if params else "none (k-NN)")
+        + ".",
+        f"- `{UPDATABLE_SWIFT_NAME}` classifies, runs `MLUpdateTask` on labelled `CGImage`s, saves the "
+        "updated model in the app's Documents folder and reloads it from there on the next launch.",
+        "- **knn** learns new classes from a few examples with no tuning (the label can be one the model has "
+        "never seen) and keeps every example it learns from, so its index (and prediction time) grows with "
+        "each; **head** keeps the fixed "
+        "class list and is usually more accurate, but needs a learning rate and epochs and can drift "
+        "towards the classes it was updated on.",
+    ]
+    result = entry.get("personalization")
+    if result:
+        lines += [
+            "",
+            f"Simulated on Linux with the model's own numbers ({SIMULATION_NOTE}): val top-1 before any "
+            f"update {_pct(entry.get('val_top1'))}. Personalization: class `{result['holdout_class']}` held "
+            f"out of {result['held_out_of']}, then learned from {result['update_examples']} of its training "
+            f"images: top-1 on its {result['holdout_val_images']} val images "
+            f"{_pct(result['holdout_top1_before'])} -> {_pct(result['holdout_top1_after'])}, on the other "
+            f"classes' {result['other_val_images']} {_pct(result['others_top1_before'])} -> "
+            f"{_pct(result['others_top1_after'])}.",
+        ]
+    return [*lines, ""]
+
+
+def write_model_card(out_dir: Path, manifest: dict[str, Any]) -> str:
+    write_text(out_dir / CARD_NAME, model_card(manifest))
+    return CARD_NAME
