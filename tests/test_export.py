@@ -581,10 +581,10 @@ def test_invalid_config_fails_before_writing(tmp_path: Path) -> None:
         small_export(tmp_path, export_config(**{"coreml.quantize": ["palettize5"]}), out)
     with pytest.raises(ValueError, match="iOS99"):
         small_export(tmp_path, export_config(**{"coreml.minimum_deployment_target": "iOS99"}), out)
-    cfg = export_config()
-    del cfg.onnx["int8"]
+    node = OmegaConf.to_container(export_config())  # a plain dict: the composed node refuses deletion
+    del node["onnx"]["int8"]
     with pytest.raises(ValueError, match="onnx.int8"):
-        small_export(tmp_path, cfg, out)
+        small_export(tmp_path, node, out)
     assert not out.exists()
 
 
