@@ -20,7 +20,7 @@ from test_export import CLASSES, MEAN, STD, export_config, make_images
 from torch import nn
 
 from trainer.data.data_config import DataConfig
-from trainer.export import export_all
+from trainer.export.pipeline import export_all
 
 tvm = torchvision.models
 BACKBONES: dict[str, Callable[[], nn.Module]] = {

@@ -28,11 +28,12 @@ from trainer.cli import compose_config
 from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
-from trainer.export import coreml_convert, coreml_spec, export_all
+from trainer.export import coreml_convert, coreml_spec
 from trainer.export import onnx as onnx_format
 from trainer.export.coreml_verify import RUNTIME
 from trainer.export.handoff import xcode_class_name
 from trainer.export.manifest import atomic_output, sha256, size_bytes
+from trainer.export.pipeline import export_all
 from trainer.export.torchscript import lite_unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ from test_backbone_conversion import BACKBONES, CHAOTIC, lively
 from test_export import CLASSES, MEAN, STD, export_config, make_images
 
 from trainer.data.data_config import DataConfig
-from trainer.export import export_all
 from trainer.export.formats import FORMATS
+from trainer.export.pipeline import export_all
 
 MOBILE = ["litert", "executorch"]
 MISSING = {name: FORMATS[name].missing() for name in MOBILE}

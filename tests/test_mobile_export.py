@@ -32,9 +32,10 @@ from torchvision import transforms as T
 
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
-from trainer.export import export_all, litert, litert_flatbuffer
+from trainer.export import litert, litert_flatbuffer
 from trainer.export.formats import FORMATS, Format
 from trainer.export.job import MAX_INT8_TOP1_DROP, ExportJob
+from trainer.export.pipeline import export_all
 from trainer.export.predict import predict_images
 from trainer.export.settings import ExportSettings
 

@@ -13,7 +13,7 @@ from test_export import CLASSES, DATA_CONFIG, export_config, make_images, tiny_n
 
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
-from trainer.export import export_all
+from trainer.export.pipeline import export_all
 from trainer.export.predict import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,9 @@ from test_export import CLASSES, DATA_CONFIG, MEAN, METADATA, SIZE, STD, export_
 from torch import nn
 
 from trainer.cli import compose_config
-from trainer.export import export_all, nn_executor, personalize, updatable, updatable_spec
+from trainer.export import nn_executor, personalize, updatable, updatable_spec
 from trainer.export.coreml_convert import ImageNormalization
+from trainer.export.pipeline import export_all
 from trainer.export.settings import ExportSettings
 from trainer.export.updatable_export import linear_head
 from trainer.export.updatable_swift import SWIFT_NAME
