@@ -170,10 +170,10 @@ def test_decoded_cache_gives_the_same_pixels_as_decoding_every_epoch(tiny_folder
 
 
 def test_auto_workers_leave_the_cores_to_cpu_training_and_feed_a_gpu(monkeypatch):
-    monkeypatch.setattr("trainer.data.datamodule.cpu_cores", lambda: 2)
+    monkeypatch.setattr("trainer.data.datamodule.usable_cpus", lambda: 2)
     assert resolve_num_workers("auto", model_on_cpu=True) == 0
     assert resolve_num_workers("auto", model_on_cpu=False) == 1
-    monkeypatch.setattr("trainer.data.datamodule.cpu_cores", lambda: 32)
+    monkeypatch.setattr("trainer.data.datamodule.usable_cpus", lambda: 32)
     assert resolve_num_workers("auto", model_on_cpu=True) == 8
     assert resolve_num_workers("auto", model_on_cpu=False) == 16
     assert resolve_num_workers(3, model_on_cpu=False) == 3

@@ -9,7 +9,6 @@ Only the standard library, tqdm and filelock are used.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import logging
@@ -30,6 +29,8 @@ from urllib.parse import unquote, urlparse
 
 from filelock import FileLock, Timeout
 from tqdm import tqdm
+
+from trainer.utils.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +106,9 @@ def resolve_archives(
     return resolved
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_sha256(path: Path, expected: str | None, url: str) -> str:
     """Check `path` against `expected`; with no pinned value, report the digest so it can be pinned."""
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if expected is None:
         log.warning(
             "%s: sha256 is not pinned, nothing verified. Its sha256 is %s (set dataset.sha256 to pin it).",

@@ -51,7 +51,9 @@ from trainer.export.verify import Predict, latency_ms, torch_predictor
 from trainer.models import build_backbone, count_macs, count_params
 from trainer.reports.collect import BENCHMARK_NAME, CONFIG_PATH, METRICS_NAME, read_config, read_json
 from trainer.reports.table import runtime_key
-from trainer.training.run import apply_cpu_threads, write_json
+from trainer.training.run import apply_cpu_threads
+from trainer.utils.cpus import usable_cpus
+from trainer.utils.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +123,13 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """Where the latency figures were taken: they mean little without it."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu_model": cpu_model(),
         "processor": platform.processor(),
         "machine": platform.machine(),
         "platform": platform.platform(),
         "cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cpus(),
     }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,15 +38,9 @@ from trainer.training.callbacks import (
 from trainer.training.module import ClassifierModule
 from trainer.training.speed import resolve_memory_format, resolve_precision
 from trainer.training.threads import job_threads
+from trainer.utils.files import write_json
 
 log = logging.getLogger(__name__)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
 
 
 def config_hash(cfg: DictConfig) -> str:
