@@ -19,8 +19,9 @@ from PIL import Image
 from scipy.io import savemat
 
 import trainer.data.sources  # noqa: F401  (registers every source)
-from trainer.data.download import MARKER, ChecksumError
+from trainer.data.fetch import ChecksumError
 from trainer.data.index import _SOURCES, build_index
+from trainer.data.prepare import MARKER
 from trainer.data.sources.folder import DatasetLayoutError
 from trainer.data.sources.imagenette import IMAGENETTE_CLASSES, IMAGEWOOF_CLASSES, archive_folder
 
@@ -222,7 +223,7 @@ def test_tiny_imagenet_unpinned_zip_is_indexed(http_server, tmp_path, caplog):
     _tiny_archive(http_server.directory / "tiny-imagenet-200.zip", tmp_path / "build")
     sha = hashlib.sha256((http_server.directory / "tiny-imagenet-200.zip").read_bytes()).hexdigest()
     cfg = _cfg("tiny_imagenet", root=str(tmp_path / "data"), url=http_server.url("tiny-imagenet-200.zip"))
-    with caplog.at_level(logging.WARNING, logger="trainer.data.download"):
+    with caplog.at_level(logging.WARNING, logger="trainer.data.fetch"):
         index = build_index(cfg)
     assert sha in caplog.text  # not pinned: the computed checksum is reported
     assert index.extra["wnids"] == sorted(TINY_WNIDS)

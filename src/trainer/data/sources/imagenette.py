@@ -11,8 +11,8 @@ import csv
 from collections.abc import Mapping
 from pathlib import Path
 
-from trainer.data.download import Archive, prepare_dataset, resolve_archives
 from trainer.data.index import DatasetIndex, Sample, register_source
+from trainer.data.prepare import Archive, prepare_dataset, resolve_archives
 from trainer.data.sources.folder import DatasetLayoutError, index_class_folders
 
 _BASE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.download import Archive, prepare_dataset, resolve_archives
 from trainer.data.index import DatasetIndex, Sample, register_source
+from trainer.data.prepare import Archive, prepare_dataset, resolve_archives
 from trainer.data.sources.folder import DatasetLayoutError
 
 FOLDER = "stanford_dogs"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.download import Archive, prepare_dataset, resolve_archives
 from trainer.data.index import DatasetIndex, Sample, register_source
+from trainer.data.prepare import Archive, prepare_dataset, resolve_archives
 from trainer.data.sources.folder import DatasetLayoutError, index_class_folders
 
 FOLDER = "tiny-imagenet-200"
