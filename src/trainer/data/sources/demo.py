@@ -12,7 +12,7 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageDraw, ImageFilter
 
-from trainer.data.index import DatasetIndex, register_source
+from trainer.data.index import DatasetIndex
 from trainer.data.sources.folder import index_folder
 from trainer.utils.files import atomic_output
 
@@ -82,8 +82,8 @@ def generate_demo(target: Path, train_per_class: int, val_per_class: int, size: 
     return target
 
 
-@register_source("demo")
 def demo_source(cfg) -> DatasetIndex:
+    """dataset=demo: the synthetic texture set, generated under dataset.root the first time."""
     target = Path(cfg.root).expanduser() / f"demo-{cfg.generate_size}px"
     generate_demo(target, cfg.train_per_class, cfg.val_per_class, cfg.generate_size)
     index = index_folder(target)
