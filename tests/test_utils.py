@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainer.utils.cpus import usable_cpus
-from trainer.utils.files import atomic_output, sha256_file, write_bytes, write_json
+from trainer.utils.files import atomic_output, sha256_file, write_json
 
 
 def test_an_interrupted_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_an_interrupted_write_keeps_the_previous_file_and_leaves_no_temporary(tm
 
 def test_sha256_file_matches_hashlib_across_blocks(tmp_path: Path) -> None:
     data = bytes(range(256)) * 5000  # more than one 1 MiB read block
-    write_bytes(tmp_path / "blob.bin", data)
+    (tmp_path / "blob.bin").write_bytes(data)
     assert sha256_file(tmp_path / "blob.bin") == hashlib.sha256(data).hexdigest()
 
 

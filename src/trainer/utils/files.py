@@ -70,12 +70,6 @@ def atomic_output(final: Path) -> Iterator[Path]:
         raise
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Atomically write a file."""
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_text(path: Path, text: str) -> None:
     """Atomically write a UTF-8 text file."""
     with atomic_output(path) as tmp:
