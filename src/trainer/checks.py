@@ -7,10 +7,12 @@ message names the setting, the value given, what is allowed and an example, so t
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.cli import CONFIG_DIR
 from trainer.data.sources.folder import folder_source
 from trainer.export.settings import ExportSettings
 
@@ -18,7 +20,7 @@ MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: smaller inputs leave less t
 MAX_IMAGE_SIZE = 1024  # memory grows with size^2: 1024 px already needs ~21x the memory of 224 px per image
 LEAKAGE_ACTIONS = ("warn", "error", "drop")
 BAD_IMAGE_ACTIONS = ("skip", "error")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = tuple(sorted(p.stem for p in (Path(CONFIG_DIR) / "optim").glob("[!_]*.yaml")))  # conf/optim
 FOLDER_SOURCE = f"{folder_source.__module__}.{folder_source.__qualname__}"  # dataset=folder's _target_
 
 
@@ -102,9 +104,9 @@ def check_dataset(cfg: DictConfig) -> None:
 
 
 def check_model(cfg: DictConfig) -> None:
-    from trainer.models.registry import check_model_config
+    from trainer.models.registry import model_family
 
-    check_model_config(cfg.model)  # model.alpha's range depends on the model family
+    model_family(cfg.model).check()  # model.alpha's range depends on the model family
     for key in ("model.dropout", "model.drop_path"):
         if _get(cfg, key) is not None:
             number(cfg, key, low=0, high=0.99, example=0.2)

@@ -38,17 +38,17 @@ class FinetuneSchedule(L.Callback):
         self.freeze_bn = bool(freeze_bn)
 
     def _apply(self, pl_module: L.LightningModule, epoch: int) -> None:
-        head = {id(p) for p in pl_module.backbone.head_parameters()}
+        head = {id(p) for p in pl_module.classifier.head_parameters()}
         frozen = epoch < self.freeze_epochs
         for p in pl_module.model.parameters():
             if id(p) not in head:
                 p.requires_grad = not frozen
-        if frozen or self.freeze_bn:
-            for m in pl_module.model.modules():
-                if isinstance(m, _BatchNorm) and not any(id(p) in head for p in m.parameters()):
-                    m.eval()
-                    for p in m.parameters():
-                        p.requires_grad = False
+        frozen_bn = frozen or self.freeze_bn
+        for m in pl_module.model.modules():
+            if isinstance(m, _BatchNorm) and not any(id(p) in head for p in m.parameters()):
+                m.train(not frozen_bn)  # Lightning keeps each module's mode across validation: set it back
+                for p in m.parameters():
+                    p.requires_grad = not frozen_bn
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply(pl_module, trainer.current_epoch)
@@ -77,6 +77,11 @@ class WeightEMA(WeightAveraging):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "fit":
             super().on_validation_epoch_end(trainer, pl_module)
+
+
+def weight_ema(decay: float | None) -> WeightEMA | None:
+    """The EMA callback when `finetune.ema_decay` is set; None (no callback) when it is null."""
+    return WeightEMA(float(decay)) if decay else None
 
 
 class ThroughputMeter(L.Callback):
