@@ -7,12 +7,10 @@ message names the setting, the value given, what is allowed and an example, so t
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.cli import CONFIG_DIR
 from trainer.data.sources.folder import folder_source
 from trainer.export.settings import ExportSettings
 
@@ -20,7 +18,7 @@ MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: smaller inputs leave less t
 MAX_IMAGE_SIZE = 1024  # memory grows with size^2: 1024 px already needs ~21x the memory of 224 px per image
 LEAKAGE_ACTIONS = ("warn", "error", "drop")
 BAD_IMAGE_ACTIONS = ("skip", "error")
-OPTIMIZERS = tuple(sorted(p.stem for p in (Path(CONFIG_DIR) / "optim").glob("[!_]*.yaml")))  # conf/optim
+OPTIMIZERS = ("adamw", "sgd")  # the options of conf/optim
 FOLDER_SOURCE = f"{folder_source.__module__}.{folder_source.__qualname__}"  # dataset=folder's _target_
 
 
