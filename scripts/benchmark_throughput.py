@@ -30,8 +30,8 @@ from trainer.cli import compose_config
 from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
-from trainer.models import build_backbone
-from trainer.training.module import ClassifierModule
+from trainer.models import build_classifier
+from trainer.training.module import ClassifierModule, run_record
 from trainer.training.plain_recipe import split_folder_root, train_plain
 from trainer.training.run import build_trainer
 from trainer.training.speed import resolve_memory_format
@@ -84,19 +84,18 @@ def main(argv: list[str]) -> dict:
         cfg = compose_config([*args.overrides, "export.enabled=false", "~logger"], output_dir=out)
         apply_cpu_threads(cfg)
         index = build_index(cfg.dataset)
-        backbone = build_backbone(cfg.model, index.num_classes)
-        data_config = DataConfig.resolve(backbone.data_config, int(cfg.dataset.image_size))
+        classifier = build_classifier(cfg.model, index.num_classes)
+        data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
         datamodule = ImageDataModule.from_config(index, data_config, cfg)
         memory_format = resolve_memory_format(cfg.get("memory_format"), cfg.trainer)
-        module = ClassifierModule(
-            backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, None, memory_format
-        )
+        record = run_record(cfg, index.classes, data_config)
+        module = ClassifierModule(**record, classifier=classifier, memory_format=memory_format)
         steps = max(2, min(args.steps, len(index.train) // datamodule.batch_size))
         start = time.perf_counter()
         cached = datamodule.decoded("train") is not None  # dataset.cache: decode once, before training
         decode_once = time.perf_counter() - start
         in_memory = InMemoryBatches(list(itertools.islice(datamodule.train_dataloader(), steps)))
-        plain_model = build_backbone(cfg.model, index.num_classes).model
+        plain_model = build_classifier(cfg.model, index.num_classes).model
         root = split_folder_root(index)
         fit_throughput(cfg, module, out, in_memory, steps)  # warm-up: one-time kernel selection, allocations
         figures: dict[str, list[float]] = {k: [] for k in ("bound", "end_to_end", "plain", "loader", "load")}

@@ -27,7 +27,7 @@ import torch
 
 from trainer.cli import compose_config
 from trainer.data.index import build_index
-from trainer.models import build_backbone
+from trainer.models import build_classifier
 from trainer.training.plain_recipe import split_folder_root, train_plain
 from trainer.training.run import train
 
@@ -83,7 +83,7 @@ def run_recipe(name: str, base: list[str], size: int, epochs: int, seed: int) ->
             L.seed_everything(seed, workers=True)
             index = build_index(cfg.dataset)
             root = split_folder_root(index)
-            model = build_backbone(cfg.model, index.num_classes).model
+            model = build_classifier(cfg.model, index.num_classes).model
             result = train_plain(model, root, size, epochs, batch_size=int(cfg.dataset.batch_size))
             per_epoch, images_per_sec, val_images = (
                 result.val_top1_per_epoch,

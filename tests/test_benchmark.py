@@ -18,7 +18,7 @@ from torch import nn
 
 from trainer.cli import CONFIG_DIR
 from trainer.export.torchscript import export_torchscript
-from trainer.models import build_backbone, count_macs, count_params
+from trainer.models import build_classifier, count_macs, count_params
 from trainer.reports import build_report
 from trainer.reports.benchmark import run_benchmark, time_predictor
 from trainer.reports.collect import collect_runs
@@ -59,7 +59,7 @@ def test_documented_command_benchmarks_a_bare_backbone(tmp_path: Path) -> None:
         0.25,
         64,
     )
-    model = build_backbone(OmegaConf.create(result["model_config"]), 1000).model
+    model = build_classifier(OmegaConf.create(result["model_config"]), 1000).model
     assert result["num_classes"] == 1000
     assert result["params"] == count_params(model)
     assert result["macs"] == count_macs(model, 64)
@@ -79,7 +79,9 @@ def make_run(run_dir: Path) -> nn.Module:
     model_cfg = {"name": "mobilenet_v2", "impl": "torchvision", "alpha": 0.25, "pretrained": False}
     model_cfg |= {"dropout": 0.1, "drop_path": None}
     classes = ["a", "b", "c"]
-    model = build_backbone(OmegaConf.create(model_cfg), len(classes)).model.eval()
+    v2_cfg = {k: v for k, v in model_cfg.items() if k != "impl"}  # the checkpoint below is v1: `impl`
+    v2_cfg["_target_"] = "trainer.models.families.TorchvisionFamily"
+    model = build_classifier(v2_cfg, len(classes)).model.eval()
     (run_dir / "checkpoints").mkdir(parents=True)
     meta = {"config": {"model": model_cfg, "dataset": {"name": "demo"}}, "classes": classes, "image_size": 32}
     state = {f"model.{k}": v for k, v in model.state_dict().items()}

@@ -1,4 +1,5 @@
-"""The shared download mechanism, against a real local HTTP server: verify, resume, retry, unpack, lock."""
+"""Fetching, archive safety and dataset preparation, against a real local HTTP server: verify, resume, retry,
+unpack, lock."""
 
 from __future__ import annotations
 
@@ -15,17 +16,9 @@ from pathlib import Path
 import pytest
 from http_server import http_server_fixture  # noqa: F401  (the http_server fixture)
 
-from trainer.data.download import (
-    MARKER,
-    Archive,
-    ChecksumError,
-    DownloadError,
-    UnsafeArchiveError,
-    download_file,
-    extract_archive,
-    prepare_dataset,
-    resolve_archives,
-)
+from trainer.data.archives import UnsafeArchiveError, extract_archive
+from trainer.data.fetch import ChecksumError, DownloadError, download_file
+from trainer.data.prepare import MARKER, Archive, prepare_dataset, resolve_archives
 
 BLOB = os.urandom(300_000)
 BLOB_SHA = hashlib.sha256(BLOB).hexdigest()
@@ -57,7 +50,7 @@ def test_download_verifies_and_moves_into_place(http_server, tmp_path):
 
 
 def test_unpinned_checksum_is_reported_not_checked(http_server, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="trainer.data.download"):
+    with caplog.at_level(logging.WARNING, logger="trainer.data.fetch"):
         dest = download_file(_serve_blob(http_server), tmp_path / "blob.bin", sha256=None)
     assert dest.read_bytes() == BLOB
     assert BLOB_SHA in caplog.text and "not pinned" in caplog.text

@@ -82,7 +82,8 @@ def test_missing_root_and_no_classes(tmp_path):
 
 
 def test_folder_source_requires_root():
-    cfg = OmegaConf.create({"source": "folder", "root": "???", "val_fraction": 0.2, "split_seed": 0})
+    source = {"_target_": "trainer.data.sources.folder.folder_source", "_partial_": True}
+    cfg = OmegaConf.create({"source": source, "root": "???", "val_fraction": 0.2, "split_seed": 0})
     with pytest.raises(DatasetLayoutError, match="dataset.root"):
         build_index(cfg)
 

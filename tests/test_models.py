@@ -1,4 +1,4 @@
-"""Every backbone config builds with a head for the dataset; weights load safely or fail with a way out."""
+"""Every classifier config builds with a head for the dataset; weights load safely or fail with a way out."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torchvision
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from trainer.models import build_backbone, count_params, headless_copy
+from trainer.models import build_classifier, count_params, headless_copy
 from trainer.models.weights import PretrainedWeightsError
 
+TIMM, TORCHVISION = (f"trainer.models.families.{name}Family" for name in ("Timm", "Torchvision"))
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 MODEL_CONFIGS = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem not in ("timm", "torchvision", "demo"))
 
@@ -28,51 +29,51 @@ def model_cfg(name: str, **overrides):
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_every_model_config_builds_with_new_head(name):
     size = 80 if name == "inception_v3" else 64
-    backbone = build_backbone(model_cfg(name, pretrained=False), num_classes=5)
-    model = backbone.model.eval()
+    classifier = build_classifier(model_cfg(name, pretrained=False), num_classes=5)
+    model = classifier.model.eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, size, size)).shape == (2, 5)
-        embedding = headless_copy(backbone)(torch.randn(2, 3, size, size))
+        embedding = headless_copy(classifier)(torch.randn(2, 3, size, size))
     assert embedding.ndim == 2 and embedding.shape[1] > 5
-    assert backbone.head_parameters() and backbone.backbone_parameters()
-    assert set(backbone.data_config) >= {"mean", "std", "crop_pct", "interpolation"}
+    assert classifier.head_parameters() and classifier.feature_parameters()
+    assert set(classifier.data_config) >= {"mean", "std", "crop_pct", "interpolation"}
 
 
 def test_any_timm_and_torchvision_model_by_name():
-    timm_model = build_backbone(
-        OmegaConf.create({"name": "resnet10t", "impl": "timm", "pretrained": False}), 3
+    timm_model = build_classifier(
+        OmegaConf.create({"name": "resnet10t", "_target_": TIMM, "pretrained": False}), 3
     )
-    tv_model = build_backbone(
-        OmegaConf.create({"name": "regnet_x_400mf", "impl": "torchvision", "pretrained": False}), 3
+    tv_model = build_classifier(
+        OmegaConf.create({"name": "regnet_x_400mf", "_target_": TORCHVISION, "pretrained": False}), 3
     )
-    for backbone in (timm_model, tv_model):
-        assert backbone.model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    for classifier in (timm_model, tv_model):
+        assert classifier.model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3)
     with pytest.raises(ValueError, match="not a timm model"):
-        build_backbone(OmegaConf.create({"name": "no_such_net", "impl": "timm", "pretrained": False}), 3)
+        build_classifier(OmegaConf.create({"name": "no_such_net", "_target_": TIMM, "pretrained": False}), 3)
     with pytest.raises(ValueError, match="not a torchvision classifier"):
-        build_backbone(
-            OmegaConf.create({"name": "no_such_net", "impl": "torchvision", "pretrained": False}), 3
+        build_classifier(
+            OmegaConf.create({"name": "no_such_net", "_target_": TORCHVISION, "pretrained": False}), 3
         )
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"])
 def test_alpha_scales_the_mobilenets(name):
-    small = count_params(build_backbone(model_cfg(name, pretrained=False, alpha=0.35), 10).model)
-    big = count_params(build_backbone(model_cfg(name, pretrained=False, alpha=1.4), 10).model)
+    small = count_params(build_classifier(model_cfg(name, pretrained=False, alpha=0.35), 10).model)
+    big = count_params(build_classifier(model_cfg(name, pretrained=False, alpha=1.4), 10).model)
     assert small < big / 2
     with pytest.raises(ValueError, match="model.alpha"):
-        build_backbone(model_cfg(name, pretrained=False, alpha=1.5), 10)
+        build_classifier(model_cfg(name, pretrained=False, alpha=1.5), 10)
 
 
-def test_alpha_is_refused_for_other_backbones():
+def test_alpha_is_refused_for_other_classifiers():
     with pytest.raises(ValueError, match="only supported by the MobileNets"):
-        build_backbone(model_cfg("resnet50", pretrained=False, alpha=0.5), 10)
+        build_classifier(model_cfg("resnet50", pretrained=False, alpha=0.5), 10)
 
 
 def test_dropout_setting_reaches_the_classifier():
-    backbone = build_backbone(model_cfg("mobilenet_v2", pretrained=False, dropout=0.37), 4)
-    assert [m.p for m in backbone.model.modules() if isinstance(m, torch.nn.Dropout)] == [0.37]
-    resnet = build_backbone(model_cfg("resnet50", pretrained=False, dropout=0.25), 4)
+    classifier = build_classifier(model_cfg("mobilenet_v2", pretrained=False, dropout=0.37), 4)
+    assert [m.p for m in classifier.model.modules() if isinstance(m, torch.nn.Dropout)] == [0.37]
+    resnet = build_classifier(model_cfg("resnet50", pretrained=False, dropout=0.25), 4)
     assert [m.p for m in resnet.model.modules() if isinstance(m, torch.nn.Dropout)] == [0.25]
 
 
@@ -86,19 +87,19 @@ def test_local_weights_load_in_native_layout(tmp_path, suffix, caplog):
     else:
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     caplog.set_level("INFO")
-    backbone = build_backbone(model_cfg("mobilenet_v2", alpha=0.5, pretrained=str(path)), 3)
-    assert backbone.loaded_tensors == len([k for k in state if not k.startswith("classifier")])
+    classifier = build_classifier(model_cfg("mobilenet_v2", alpha=0.5, pretrained=str(path)), 3)
+    assert classifier.loaded_tensors == len([k for k in state if not k.startswith("classifier")])
     assert "Loaded" in caplog.text and str(path) in caplog.text
-    got = backbone.model.state_dict()["features.3.conv.1.0.weight"]
+    got = classifier.model.state_dict()["features.3.conv.1.0.weight"]
     assert torch.equal(got, state["features.3.conv.1.0.weight"])
-    assert backbone.model.classifier[1].out_features == 3
+    assert classifier.model.classifier[1].out_features == 3
 
 
 def test_weights_for_another_alpha_are_refused(tmp_path):
     path = tmp_path / "alpha1.pth"
     torch.save(torchvision.models.mobilenet_v2().state_dict(), path)
     with pytest.raises(PretrainedWeightsError, match="do not fit this model"):
-        build_backbone(model_cfg("mobilenet_v2", alpha=0.5, pretrained=str(path)), 3)
+        build_classifier(model_cfg("mobilenet_v2", alpha=0.5, pretrained=str(path)), 3)
 
 
 class _Exploit:
@@ -110,13 +111,13 @@ def test_pickled_code_in_weights_is_not_executed(tmp_path):
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps({"features.0.0.weight": _Exploit()}))
     with pytest.raises(PretrainedWeightsError, match="could not be read as a state_dict"):
-        build_backbone(model_cfg("mobilenet_v2", pretrained=str(path)), 3)
+        build_classifier(model_cfg("mobilenet_v2", pretrained=str(path)), 3)
     assert not Path("/tmp/pwned-by-trainer-test").exists()
 
 
 def test_missing_weights_file(tmp_path):
     with pytest.raises(PretrainedWeightsError, match="no such file"):
-        build_backbone(model_cfg("mobilenet_v2", pretrained=str(tmp_path / "nope.pth")), 3)
+        build_classifier(model_cfg("mobilenet_v2", pretrained=str(tmp_path / "nope.pth")), 3)
 
 
 def test_offline_download_failure_names_both_ways_out(monkeypatch):
@@ -125,13 +126,13 @@ def test_offline_download_failure_names_both_ways_out(monkeypatch):
 
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
     with pytest.raises(PretrainedWeightsError) as err:
-        build_backbone(model_cfg("mobilenet_v2", pretrained=True), 3)
+        build_classifier(model_cfg("mobilenet_v2", pretrained=True), 3)
     message = str(err.value)
     assert "mobilenet_v2" in message and "model.pretrained=false" in message and "/path/to/weights" in message
 
 
 def test_no_published_weights_for_other_alphas():
     with pytest.raises(PretrainedWeightsError, match=r"alpha=0.75.*model.pretrained=false"):
-        build_backbone(model_cfg("mobilenet_v2", alpha=0.75, pretrained=True), 3)
+        build_classifier(model_cfg("mobilenet_v2", alpha=0.75, pretrained=True), 3)
     with pytest.raises(ValueError, match="No published weights"):
-        build_backbone(model_cfg("mobilenet_v1", alpha=0.5, pretrained=True), 3)
+        build_classifier(model_cfg("mobilenet_v1", alpha=0.5, pretrained=True), 3)

@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from scipy.io import savemat
 
-import trainer.data.sources  # noqa: F401  (registers every source)
-from trainer.data.download import MARKER, ChecksumError
-from trainer.data.index import _SOURCES, build_index
+from trainer.data.fetch import ChecksumError
+from trainer.data.index import build_index, source_builder
+from trainer.data.prepare import MARKER
 from trainer.data.sources.folder import DatasetLayoutError
 from trainer.data.sources.imagenette import IMAGENETTE_CLASSES, IMAGEWOOF_CLASSES, archive_folder
 
@@ -222,7 +222,7 @@ def test_tiny_imagenet_unpinned_zip_is_indexed(http_server, tmp_path, caplog):
     _tiny_archive(http_server.directory / "tiny-imagenet-200.zip", tmp_path / "build")
     sha = hashlib.sha256((http_server.directory / "tiny-imagenet-200.zip").read_bytes()).hexdigest()
     cfg = _cfg("tiny_imagenet", root=str(tmp_path / "data"), url=http_server.url("tiny-imagenet-200.zip"))
-    with caplog.at_level(logging.WARNING, logger="trainer.data.download"):
+    with caplog.at_level(logging.WARNING, logger="trainer.data.fetch"):
         index = build_index(cfg)
     assert sha in caplog.text  # not pinned: the computed checksum is reported
     assert index.extra["wnids"] == sorted(TINY_WNIDS)
@@ -282,10 +282,17 @@ def test_camera_scene_wrong_layouts_are_explained(tmp_path):
 @pytest.mark.parametrize(
     "name", ["imagenette", "imagewoof", "stanford_dogs", "tiny_imagenet", "camera_scene"]
 )
-def test_dataset_configs_name_a_registered_source(name):
+def test_dataset_configs_name_their_source_builder(name):
     cfg = _cfg(name)
-    assert cfg.source in _SOURCES and cfg.name == name
+    builder = source_builder(cfg.source)
+    assert builder.func.__module__.startswith("trainer.data.sources.") and cfg.name == name
     assert cfg.download is (name != "camera_scene")
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("[!_]*.yaml")), ids=lambda p: p.stem)
+def test_source_names_saved_before_targets_find_the_same_builder(path):
+    """Checkpoints written before `dataset.source` had a `_target_` store the source's name instead."""
+    assert source_builder(path.stem).func is source_builder(_cfg(path.stem).source).func
 
 
 # --- Every dataset config end to end: local server, download, verify, extract, train one epoch --------------

@@ -24,7 +24,7 @@ from test_export import CLASSES, export_config, tiny_net
 from timm.data import resolve_data_config
 
 from trainer.cli import compose_config
-from trainer.data.data_config import CROP_MODES, DataConfig, data_config_from_meta
+from trainer.data.data_config import CROP_MODES, DataConfig, data_config_from_record
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import DatasetIndex
 from trainer.data.transforms import eval_transform
@@ -35,7 +35,7 @@ from trainer.export.pipeline import export_all
 from trainer.export.predict import preprocess_images, read_manifest
 from trainer.export.settings import LICENSE_UNSET, ExportSettings, default_author
 from trainer.export.swift_code import swift_classifier
-from trainer.models import build_backbone
+from trainer.models import build_classifier
 
 SIZE = 64
 HYMENOPTERA_VAL = SHARED / "data" / "hymenoptera" / "val"
@@ -89,7 +89,7 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("preprocess")
     image = photo(root)
     cfg = compose_config(["model=demo", f"dataset.image_size={SIZE}"])
-    data_config = DataConfig.resolve(build_backbone(cfg.model, len(CLASSES)).data_config, SIZE)
+    data_config = DataConfig.resolve(build_classifier(cfg.model, len(CLASSES)).data_config, SIZE)
     index = DatasetIndex(classes=CLASSES, train=[(str(image), 0)], val=[(str(image), 0)])
     val_batch, _ = next(iter(ImageDataModule.from_config(index, data_config, cfg).val_dataloader()))
 
@@ -240,7 +240,7 @@ def test_checkpoint_data_config_new_and_old() -> None:
     new = DataConfig(
         size=96, interpolation="bicubic", crop_pct=0.95, crop_mode="squash", mean=(0.5,) * 3, std=(0.25,) * 3
     )
-    assert data_config_from_meta({"data_config": new.to_dict(), "image_size": 96}) == new
+    assert data_config_from_record({"data_config": new.to_dict(), "image_size": 96}) == new
     old = {  # what checkpoints held before the size and crop mode were resolved with the rest
         "data_config": {
             "mean": [0.485, 0.456, 0.406],
@@ -250,7 +250,7 @@ def test_checkpoint_data_config_new_and_old() -> None:
         },
         "image_size": 64,
     }
-    loaded = data_config_from_meta(old)
+    loaded = data_config_from_record(old)
     assert (loaded.size, loaded.crop_mode, loaded.resize_size) == (64, "center", 73)
     with pytest.raises(ValueError, match="crop_mode 'border'"):
         DataConfig.resolve({**old["data_config"], "crop_mode": "border"}, 64)
@@ -258,9 +258,9 @@ def test_checkpoint_data_config_new_and_old() -> None:
 
 def test_timm_backbone_resolves_as_timm_does() -> None:
     cfg = compose_config(["model=mobilenet_v1", "model.pretrained=false", "model.alpha=0.25"])
-    backbone = build_backbone(cfg.model, 2)
-    resolved = DataConfig.resolve(backbone.data_config, 160)
-    timm_config = resolve_data_config({"input_size": (3, 160, 160)}, model=backbone.model)
+    classifier = build_classifier(cfg.model, 2)
+    resolved = DataConfig.resolve(classifier.data_config, 160)
+    timm_config = resolve_data_config({"input_size": (3, 160, 160)}, model=classifier.model)
     assert resolved.to_dict() == {
         **{k: timm_config[k] for k in ("interpolation", "crop_pct", "crop_mode")},
         "size": 160,

@@ -16,6 +16,7 @@ from trainer.cli import compose_config
 from trainer.export.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from trainer.models.weights import PretrainedWeightsError, read_state_dict
 from trainer.training.callbacks import AtomicCheckpointIO
+from trainer.training.module import ClassifierModule
 from trainer.training.run import build_trainer, train
 
 
@@ -52,6 +53,13 @@ def test_export_and_pretrained_paths_refuse_the_payload(evil: tuple[Path, Path])
         load_checkpoint(path)
     with pytest.raises(PretrainedWeightsError):
         read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_lightning_load_from_checkpoint_refuses_the_payload(evil: tuple[Path, Path]) -> None:
+    path, marker = evil
+    with pytest.raises(Exception, match="Weights only load failed"):
+        ClassifierModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     assert not marker.exists()
 
 

@@ -21,7 +21,7 @@ def untouched(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a bad setting must stop the run before data or model")
 
     monkeypatch.setattr(run, "build_index", never)
-    monkeypatch.setattr(run, "build_backbone", never)
+    monkeypatch.setattr(run, "build_classifier", never)
 
 
 @pytest.mark.parametrize(

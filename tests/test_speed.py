@@ -22,12 +22,13 @@ from trainer.data.datamodule import (
     resolve_num_workers,
 )
 from trainer.data.index import build_index
-from trainer.models import build_backbone
-from trainer.training.module import ClassifierModule, backbone_blocks
+from trainer.models import build_classifier
+from trainer.training.module import ClassifierModule, feature_blocks, run_record
 from trainer.training.run import build_trainer, train
 from trainer.training.speed import cpu_has_native_bf16, resolve_memory_format, resolve_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+TORCHVISION = "trainer.models.families.TorchvisionFamily"
 TINY = [
     "model=demo",
     "model.alpha=0.25",
@@ -67,15 +68,14 @@ def fit_with_probe(tmp_path: Path, folder: Path, *overrides: str) -> list[dict]:
     overrides = (*TINY, "~logger", "dataset=folder", f"dataset.root={folder}", *overrides)
     cfg = compose_config(list(overrides), str(tmp_path))
     index = build_index(cfg.dataset)
-    backbone = build_backbone(cfg.model, index.num_classes)
+    classifier = build_classifier(cfg.model, index.num_classes)
     memory_format = resolve_memory_format(cfg.memory_format, cfg.trainer)
-    module = ClassifierModule(
-        backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, None, memory_format
-    )
+    data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
+    record = run_record(cfg, index.classes, data_config)
+    module = ClassifierModule(**record, classifier=classifier, memory_format=memory_format)
     probe = StepProbe()
     trainer, _, _ = build_trainer(cfg, tmp_path, max_epochs=1, limit_val_batches=0)
     trainer.callbacks.append(probe)
-    data_config = DataConfig.resolve(backbone.data_config, int(cfg.dataset.image_size))
     trainer.fit(module, datamodule=ImageDataModule.from_config(index, data_config, cfg))
     assert probe.steps
     return probe.steps
@@ -119,13 +119,13 @@ def test_auto_settings_follow_the_hardware(tmp_path):
 
 def test_layer_decay_slows_early_blocks_most(tmp_path):
     cfg = OmegaConf.create(
-        {"name": "mobilenet_v2", "impl": "torchvision", "alpha": 0.25, "pretrained": False}
+        {"_target_": TORCHVISION, "name": "mobilenet_v2", "alpha": 0.25, "pretrained": False}
     )
-    backbone = build_backbone(cfg, 3)
-    blocks = backbone_blocks(backbone.model, backbone.head_name)
+    classifier = build_classifier(cfg, 3)
+    blocks = feature_blocks(classifier.model, classifier.head_name)
     assert len(blocks) == 19  # features.0 .. features.18 of torchvision's MobileNetV2
-    covered = sum(len(b) for b in blocks) + len(backbone.head_parameters())
-    assert covered == len(list(backbone.model.parameters()))
+    covered = sum(len(b) for b in blocks) + len(classifier.head_parameters())
+    assert covered == len(list(classifier.model.parameters()))
 
 
 def test_export_after_channels_last_bf16_ema_training_passes_the_agreement_gates(tmp_path, tiny_folder):
@@ -170,10 +170,10 @@ def test_decoded_cache_gives_the_same_pixels_as_decoding_every_epoch(tiny_folder
 
 
 def test_auto_workers_leave_the_cores_to_cpu_training_and_feed_a_gpu(monkeypatch):
-    monkeypatch.setattr("trainer.data.datamodule.cpu_cores", lambda: 2)
+    monkeypatch.setattr("trainer.data.datamodule.usable_cpus", lambda: 2)
     assert resolve_num_workers("auto", model_on_cpu=True) == 0
     assert resolve_num_workers("auto", model_on_cpu=False) == 1
-    monkeypatch.setattr("trainer.data.datamodule.cpu_cores", lambda: 32)
+    monkeypatch.setattr("trainer.data.datamodule.usable_cpus", lambda: 32)
     assert resolve_num_workers("auto", model_on_cpu=True) == 8
     assert resolve_num_workers("auto", model_on_cpu=False) == 16
     assert resolve_num_workers(3, model_on_cpu=False) == 3

@@ -12,8 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from trainer.cli import CONFIG_DIR
-from trainer.data.datamodule import cpu_cores
 from trainer.reports.collect import OK, read_json
+from trainer.utils.cpus import usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -92,7 +92,7 @@ def test_joblib_runs_jobs_side_by_side_on_a_share_of_the_cores(tmp_path: Path) -
     runs = finished_runs(sweep_dir)
     assert sorted(r["resolution"] for r in runs) == ["32", "40"]
     threads = {read_json(sweep_dir / r["run"] / "metrics.json")["threads"] for r in runs}
-    assert threads == {max(1, cpu_cores() // 2)}  # 2 jobs at once: half the cores each
+    assert threads == {max(1, usable_cpus() // 2)}  # 2 jobs at once: half the cores each
     assert f"Sweep {sweep_dir}" in out and "Joblib.Parallel(n_jobs=2" in out
 
 

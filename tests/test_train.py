@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from trainer.cli import compose_config
-from trainer.data.data_config import data_config_from_meta
+from trainer.data.data_config import data_config_from_record
+from trainer.training.module import ClassifierModule
 from trainer.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,8 +62,8 @@ def test_folder_run_writes_metrics_checkpoints_and_evaluation(tmp_path, tiny_fol
     assert set(per_class["per_class_accuracy"]) == {"blue", "green", "red"}
     assert sum(map(sum, per_class["confusion_matrix"])) == 12
     ckpt = torch.load(saved["best_checkpoint"], map_location="cpu", weights_only=True)
-    assert ckpt["trainer_meta"]["classes"] == saved["classes"]
-    stored = data_config_from_meta(ckpt["trainer_meta"])  # resolved once at the start of the run
+    assert ckpt["hyper_parameters"]["classes"] == saved["classes"]
+    stored = data_config_from_record(ckpt["hyper_parameters"])  # resolved once at the start of the run
     assert stored.to_dict() == {
         "size": 32,
         "interpolation": "bilinear",
@@ -73,6 +74,9 @@ def test_folder_run_writes_metrics_checkpoints_and_evaluation(tmp_path, tiny_fol
         "resize": 36,
         "crop_fraction": 32 / 36,
     }
+    module = ClassifierModule.load_from_checkpoint(saved["best_checkpoint"])  # Lightning's own reload
+    assert module.classes == saved["classes"] and module.hparams.data_config == stored.to_dict()
+    assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in module.state_dict().items())
     assert (run_dir / "csv" / "metrics.csv").exists()
     audit = json.loads((run_dir / "audit.json").read_text())
     assert audit["images"] == {"train": 36, "val": 12} and audit["leaked_val_images"] == []

@@ -11,13 +11,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.data.sources.folder import folder_source
 from trainer.export.settings import ExportSettings
 
 MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: smaller inputs leave less than one pixel of features
 MAX_IMAGE_SIZE = 1024  # memory grows with size^2: 1024 px already needs ~21x the memory of 224 px per image
 LEAKAGE_ACTIONS = ("warn", "error", "drop")
 BAD_IMAGE_ACTIONS = ("skip", "error")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd")  # the options of conf/optim
+FOLDER_SOURCE = f"{folder_source.__module__}.{folder_source.__qualname__}"  # dataset=folder's _target_
 
 
 class SettingError(ValueError):
@@ -89,7 +91,7 @@ def check_dataset(cfg: DictConfig) -> None:
         number(cfg, "dataset.val_fraction", low=0, high=0.99, low_open=True, example=0.2)
     choice(cfg, "dataset.on_bad_image", BAD_IMAGE_ACTIONS)
     choice(cfg, "dataset.on_leakage", LEAKAGE_ACTIONS)
-    if _get(cfg, "dataset.source") == "folder" and not _get(cfg, "dataset.root"):
+    if _get(cfg, "dataset.source._target_") == FOLDER_SOURCE and not _get(cfg, "dataset.root"):
         raise setting_error(
             "dataset.root",
             None,
@@ -100,9 +102,9 @@ def check_dataset(cfg: DictConfig) -> None:
 
 
 def check_model(cfg: DictConfig) -> None:
-    from trainer.models.registry import check_model_config
+    from trainer.models.registry import model_family
 
-    check_model_config(cfg.model)  # model.alpha's range depends on the model family
+    model_family(cfg.model).check()  # model.alpha's range depends on the model family
     for key in ("model.dropout", "model.drop_path"):
         if _get(cfg, key) is not None:
             number(cfg, key, low=0, high=0.99, example=0.2)

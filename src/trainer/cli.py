@@ -60,9 +60,9 @@ def export(cfg: DictConfig) -> None:
 
     def job(cfg: DictConfig) -> dict:
         check_export(cfg.export)
-        backbone, meta = load_checkpoint(cfg.ckpt)
+        classifier, record = load_checkpoint(cfg.ckpt)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt).resolve().parents[1] / "export"
-        manifest = export_trained(backbone, meta, cfg.export, out_dir)
+        manifest = export_trained(classifier, record, cfg.export, out_dir)
         log.info("%s", "\n".join([f"Exported to {out_dir}", *artifact_table(manifest)]))
         if manifest["errors"]:
             raise RuntimeError(f"export failed for: {manifest['errors']} (see {out_dir / 'manifest.json'})")

@@ -125,6 +125,6 @@ class DataConfig:
         )
 
 
-def data_config_from_meta(meta: Mapping[str, Any]) -> DataConfig:
-    """The DataConfig stored in a checkpoint's trainer_meta (old checkpoints kept the size beside it)."""
-    return DataConfig.from_dict(meta["data_config"], image_size=meta.get("image_size"))
+def data_config_from_record(record: Mapping[str, Any]) -> DataConfig:
+    """The DataConfig stored in a checkpoint's run record (old checkpoints kept the size beside it)."""
+    return DataConfig.from_dict(record["data_config"], image_size=record.get("image_size"))

@@ -20,6 +20,7 @@ from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.index import DatasetIndex, Sample
 from trainer.data.transforms import eval_transform, train_transform
+from trainer.utils.cpus import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,6 @@ class ImageListDataset(Dataset):
         return self.transform(image), label
 
 
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def memory_bytes() -> int:
     """Physical memory of the machine (0 where the OS does not say)."""
     try:
@@ -110,7 +107,7 @@ def resolve_num_workers(value: Any, model_on_cpu: bool) -> int:
     """
     if value not in (None, "auto"):
         return int(value)
-    cores = cpu_cores()
+    cores = usable_cpus()
     if model_on_cpu:
         return 0 if cores <= 4 else cores // 4
     return max(1, min(16, cores - 1))  # the main process keeps one core to feed the accelerator
@@ -147,7 +144,7 @@ class ImageDataModule(L.LightningDataModule):
             samples = getattr(self.index, split)
             min_side = self.train_min_side if split == "train" else self.eval_min_side
             start = time.perf_counter()
-            self._decoded[split] = decode_all(samples, min_side, cpu_cores(), shrink=split == "train")
+            self._decoded[split] = decode_all(samples, min_side, usable_cpus(), shrink=split == "train")
             size = sum(a.nbytes for a in self._decoded[split]) / 2**20
             seconds = time.perf_counter() - start
             log.info(

@@ -7,14 +7,13 @@ re-encoded copies).
 
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from trainer.data.images import decode_checked
+from trainer.utils.files import sha256_file
 
 GRAY_TOLERANCE = 6  # JPEG chroma noise on a gray photo stays within a few levels between channels
 
@@ -37,14 +36,6 @@ def is_gray(img: Image.Image) -> bool:
     return int(np.abs(arr - arr[..., :1]).max()) <= GRAY_TOLERANCE
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def inspect_file(path: str) -> dict[str, Any]:
     """{"error": reason} for a file we cannot use, else its stored size, grayscale flag, sha256 and dhash."""
     img, reason = decode_checked(path)
@@ -53,7 +44,7 @@ def inspect_file(path: str) -> dict[str, Any]:
     try:
         with Image.open(path) as header:  # the stored size (decoding may have drafted a smaller one)
             size = list(header.size)
-        sha = file_sha256(path)
+        sha = sha256_file(path)
     except OSError as exc:  # changed or vanished since the decode
         return {"error": f"cannot read: {exc}"}
     return {

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 from trainer.data.facts import inspect_file
 from trainer.data.index import DatasetIndex, Sample
+from trainer.utils.cpus import usable_cpus
+from trainer.utils.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +107,13 @@ def scan_files(paths: list[str], workers: int | None = None) -> dict[str, dict[s
     unique = sorted(set(paths))
     cache_file = cache_dir() / "scan" / f"{_fingerprint(unique)}.json"
     if cache_file.exists():
-        return json.loads(cache_file.read_text())
+        return json.loads(cache_file.read_text(encoding="utf-8"))
     timed_out = {"error": f"decoding took longer than {DECODE_TIME_LIMIT_S:g} s: skipped"}
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    workers = workers or min(8, usable_cpus() * 2)
     facts = map_with_time_limit(inspect_file, unique, workers, DECODE_TIME_LIMIT_S, timed_out)
     found = dict(zip(unique, facts, strict=True))
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(found))
-    os.replace(tmp, cache_file)
+    write_json(cache_file, found, indent=None)
     return found
 
 

@@ -9,15 +9,22 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from trainer.data.data_config import data_config_from_meta
+from trainer.data.data_config import data_config_from_record
 from trainer.data.index import DatasetIndex, build_index
 from trainer.export.pipeline import export_all
-from trainer.models import Backbone, build_backbone, headless_copy
+from trainer.models import Classifier, build_classifier, headless_copy
 
 log = logging.getLogger(__name__)
 
 
-META_KEYS = ("config", "classes")  # what rebuilding the model needs
+RECORD_KEYS = ("config", "classes")  # what rebuilding the model needs
+RECORD = "hyper_parameters"  # Lightning's key: ClassifierModule saves the run's record as its hyperparameters
+V1_RECORD = "trainer_meta"  # where checkpoints written before that kept it
+V1_FAMILIES = {  # v1 model configs named their family by `impl`
+    "torchvision": "trainer.models.families.TorchvisionFamily",
+    "timm": "trainer.models.families.TimmFamily",
+    "mobilenet_v1": "trainer.models.families.MobileNetV1Family",
+}
 
 
 class CheckpointError(ValueError):
@@ -47,67 +54,76 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict[str, Any]:
             f"{setting}={path} is not a readable checkpoint, or holds code, which is never run "
             f"({_first_line(exc)})"
         ) from None
-    meta = ckpt.get("trainer_meta") if isinstance(ckpt, dict) else None
+    if isinstance(ckpt, dict) and RECORD not in ckpt and V1_RECORD in ckpt:
+        ckpt[RECORD] = _upgrade_v1(ckpt.pop(V1_RECORD))
+    record = ckpt.get(RECORD) if isinstance(ckpt, dict) else None
     complete = (
-        isinstance(meta, dict)
+        isinstance(record, dict)
         and isinstance(ckpt.get("state_dict"), dict)
-        and isinstance(meta.get("config"), dict)
-        and isinstance(meta["config"].get("model"), dict)
-        and all(key in meta for key in META_KEYS)
+        and isinstance(record.get("config"), dict)
+        and isinstance(record["config"].get("model"), dict)
+        and all(key in record for key in RECORD_KEYS)
     )
     if not complete:
         raise CheckpointError(
-            f"{setting}={path} was not written by trainer (no trainer_meta with {', '.join(META_KEYS)})"
+            f"{setting}={path} was not written by trainer (no {RECORD} with {', '.join(RECORD_KEYS)})"
         )
     return ckpt
 
 
+def _upgrade_v1(record: Any) -> Any:
+    """A v1 run record (`trainer_meta`) as today's: the model config names its family by `_target_`."""
+    model = record.get("config", {}).get("model") if isinstance(record, dict) else None
+    if isinstance(model, dict) and "_target_" not in model and model.get("impl") in V1_FAMILIES:
+        model["_target_"] = V1_FAMILIES[model.pop("impl")]
+    return record
+
+
 def read_resume_checkpoint(path: str | Path, cfg: Any) -> dict[str, Any]:
-    """The metadata of a checkpoint `ckpt_path=` can resume: full training state, the same model config."""
+    """The run record of a checkpoint `ckpt_path=` can resume: full training state, the same model config."""
     ckpt = read_checkpoint(path, "ckpt_path")
     missing = [k for k in ("loops", "optimizer_states", "epoch") if k not in ckpt]
     if missing:
         raise CheckpointError(
             f"ckpt_path={path} cannot resume training (no {', '.join(missing)}): give checkpoints/last.ckpt"
         )
-    meta = ckpt["trainer_meta"]
-    saved = meta.get("config", {}).get("model", {})
-    for key in ("name", "impl", "alpha"):
+    record = ckpt[RECORD]
+    saved = record["config"]["model"]
+    for key in ("name", "_target_", "alpha"):
         if saved.get(key) != cfg.model.get(key):
             raise CheckpointError(
                 f"ckpt_path={path} was trained with model.{key}={saved.get(key)!r}, this run has "
                 f"model.{key}={cfg.model.get(key)!r}: resume with the run's own settings"
             )
-    return meta
+    return record
 
 
-def load_checkpoint(path: str | Path) -> tuple[Backbone, dict[str, Any]]:
-    """Rebuild the trained model from `path` (a best.ckpt/last.ckpt) and return it with the run's metadata."""
+def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild the trained model from `path` (a best.ckpt/last.ckpt) and return it with the run's record."""
     ckpt = read_checkpoint(path)
-    meta = ckpt["trainer_meta"]
-    model_cfg = OmegaConf.create(meta["config"]["model"])
-    model_cfg.pretrained = False  # the checkpoint holds every weight
-    backbone = build_backbone(model_cfg, len(meta["classes"]))
+    record = ckpt[RECORD]
+    model_cfg = {**record["config"]["model"], "pretrained": False}  # the checkpoint holds every weight
+    classifier = build_classifier(model_cfg, len(record["classes"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    backbone.model.load_state_dict(state)
-    backbone.model.eval()
-    return backbone, meta
+    classifier.model.load_state_dict(state)
+    classifier.model.eval()
+    return classifier, record
 
 
 def export_trained(
-    backbone: Backbone,
-    meta: dict[str, Any],
+    classifier: Classifier,
+    record: dict[str, Any],
     export_cfg: Any,
     out_dir: Path,
     index: DatasetIndex | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Export `backbone` with everything the run knows: classes, the data config the run resolved (kept in
+    """Export `classifier` with everything the run knows: classes, the data config the run resolved (kept in
     the checkpoint: every input and the app's preprocessing follow it), val images, metrics."""
-    config = OmegaConf.create(meta["config"])
+    config = OmegaConf.create(record["config"])
     if index is None:  # from a checkpoint: the same dataset config finds the same images
         index = build_index(config.dataset)
-    data_config = data_config_from_meta(meta)
+    data_config = data_config_from_record(record)
     metadata = {
         "backbone": config.model.name,
         "alpha": config.model.get("alpha"),
@@ -116,24 +132,19 @@ def export_trained(
         **{k: v for k, v in (metrics or {}).items() if k.startswith("val_") and v is not None},
     }
     # Trained in channels_last and/or bf16 autocast or not, every format is made from fp32 NCHW weights.
-    model = backbone.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
+    model = classifier.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
     return export_all(
         model,
-        classes=list(meta["classes"]),
+        classes=list(record["classes"]),
         data_config=data_config,
         out_dir=Path(out_dir),
         cfg=export_cfg,
         calibration_paths=[p for p, _ in index.train],
         val_samples=index.val,
         metadata=metadata,
-        headless=headless_copy(backbone)
+        headless=headless_copy(classifier)
         if export_cfg.get("headless") or export_cfg.get("updatable")
         else None,
-        head=model.get_submodule(backbone.head_name),
+        head=model.get_submodule(classifier.head_name),
         train_samples=index.train,
     )
-
-
-def mai_score(top1: float, top3: float, runtime_s: float) -> float:
-    """Mobile AI 2021 scene-detection score, 2^((top1-96) + (top3-99)) / runtime, in percent and seconds."""
-    return 2 ** ((100 * top1 - 96) + (100 * top3 - 99)) / runtime_s

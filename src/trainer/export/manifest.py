@@ -1,9 +1,8 @@
-"""Atomic writes, artifact hashing and manifest.json.
+"""The export folder swapped in whole, artifact hashing and manifest.json.
 
 A whole export is built in a hidden folder beside the export folder and swapped in when complete
-(`staged_folder`); inside it every file or folder goes through `atomic_output`: written under a hidden
-temporary name and renamed into place only once complete, so an interrupted export never leaves a
-half-written artifact under a name that looks finished.
+(`staged_folder`); inside it every file or folder goes through `trainer.utils.files.atomic_output`, so an
+interrupted export never leaves a half-written artifact under a name that looks finished.
 """
 
 from __future__ import annotations
@@ -13,64 +12,17 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from trainer.utils.files import TMP_PREFIX, hash_file, remove, sha256_file, tree_files, write_text
+from trainer.utils.files import atomic_output as atomic_output  # the format modules still import it here
+
 log = logging.getLogger(__name__)
 
-TMP_PREFIX = ".tmp-"
 MANIFEST_NAME = "manifest.json"
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _files(path: Path) -> list[Path]:
-    """The regular files of an artifact, sorted by relative path (a file is its own single member)."""
-    if path.is_file():
-        return [path]
-    return sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
-
-
-def _fsync(path: Path) -> None:
-    """Flush the artifact's bytes to disk so the rename never publishes data still in the page cache."""
-    for file in _files(path):
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
-@contextmanager
-def atomic_output(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final` (same suffix); publish it as `final` only if the block succeeds.
-
-    The writer may create a file or a directory (an .mlpackage) there. On any exception, KeyboardInterrupt
-    included, the temporary is removed and `final` keeps its previous state. Replacing a directory needs a
-    rename-aside (os.replace cannot overwrite a non-empty one); the old copy is deleted afterwards.
-    """
-    final = Path(final)
-    tmp = final.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-{final.name}")
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"the writer produced nothing at {tmp}")
-        _fsync(tmp)
-        if final.is_dir() and not final.is_symlink():
-            aside = final.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-old-{final.name}")
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            _remove(aside)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 @contextmanager
@@ -86,21 +38,9 @@ def record_errors(errors: list[dict[str, str]], key: str, name: str) -> Iterator
         errors.append({key: name, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomically write a UTF-8 text file."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def size_bytes(path: Path) -> int:
     """Bytes on disk: the file's size, or the total over a directory's files (an .mlpackage)."""
-    return sum(f.stat().st_size for f in _files(path))
-
-
-def _hash_into(digest: Any, file: Path) -> None:
-    with open(file, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
+    return sum(f.stat().st_size for f in tree_files(path))
 
 
 def sha256(path: Path) -> str:
@@ -108,14 +48,13 @@ def sha256(path: Path) -> str:
 
     Names and contents are length-prefixed, so moving bytes between a name and a file changes the hash.
     """
-    digest = hashlib.sha256()
     if path.is_file():
-        _hash_into(digest, path)
-        return digest.hexdigest()
-    for file in _files(path):
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in tree_files(path):
         name = file.relative_to(path).as_posix().encode()
         digest.update(len(name).to_bytes(8, "big") + name + file.stat().st_size.to_bytes(8, "big"))
-        _hash_into(digest, file)
+        hash_file(digest, file)
     return digest.hexdigest()
 
 
@@ -160,7 +99,7 @@ def staged_folder(final: Path) -> Iterator[Path]:
         if leftover.name.startswith(f"{stem}old-") and not final.exists():
             os.replace(leftover, final)
         else:
-            _remove(leftover)
+            remove(leftover)
     _check_replaceable(final)
     token = secrets.token_hex(4)
     work = final.with_name(f"{stem}{token}")
@@ -171,11 +110,11 @@ def staged_folder(final: Path) -> Iterator[Path]:
             aside = final.with_name(f"{stem}old-{token}")
             os.replace(final, aside)
             os.replace(work, final)
-            _remove(aside)
+            remove(aside)
         else:
             os.replace(work, final)
     except BaseException:
-        _remove(work)
+        remove(work)
         raise
 
 

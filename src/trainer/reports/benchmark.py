@@ -53,8 +53,8 @@ from trainer.reports.benchmark_subjects import (
 from trainer.reports.collect import BENCHMARK_NAME
 from trainer.reports.machine import machine_info, peak_rss_mb
 from trainer.reports.table import runtime_key
-from trainer.training.run import write_json
 from trainer.training.threads import apply_cpu_threads
+from trainer.utils.files import write_json
 
 log = logging.getLogger(__name__)
 

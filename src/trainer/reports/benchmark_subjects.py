@@ -15,7 +15,7 @@ from torch import nn
 from trainer.export.checkpoint import load_checkpoint
 from trainer.export.formats import suffix_formats
 from trainer.export.manifest import MANIFEST_NAME
-from trainer.models import build_backbone, count_macs, count_params
+from trainer.models import build_classifier, count_macs, count_params
 from trainer.reports.collect import BENCHMARK_NAME, CONFIG_PATH, METRICS_NAME, read_config, read_json
 
 log = logging.getLogger(__name__)
@@ -60,18 +60,18 @@ def backbone_subject(cfg: DictConfig) -> Subject:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg["pretrained"] = False
     num_classes = int(model_cfg.pop("num_classes", None) or DEFAULT_NUM_CLASSES)
-    model = build_backbone(OmegaConf.create(model_cfg), num_classes).model.eval()
+    model = build_classifier(model_cfg, num_classes).model.eval()
     figures = _model_figures(model_cfg, num_classes, int(cfg.dataset.image_size), model)
     return Subject("backbone", figures, model=model)
 
 
 def checkpoint_subject(path: Path) -> Subject:
     """The trained model of a train.py checkpoint, rebuilt from the config and classes saved in it."""
-    backbone, meta = load_checkpoint(path)
-    model_cfg = {**meta["config"]["model"], "pretrained": False}
-    figures = _model_figures(model_cfg, len(meta["classes"]), int(meta["image_size"]), backbone.model)
-    figures["dataset"] = (meta["config"].get("dataset") or {}).get("name")
-    return Subject("checkpoint", figures, model=backbone.model)
+    classifier, record = load_checkpoint(path)
+    model_cfg = {**record["config"]["model"], "pretrained": False}
+    figures = _model_figures(model_cfg, len(record["classes"]), int(record["image_size"]), classifier.model)
+    figures["dataset"] = (record["config"].get("dataset") or {}).get("name")
+    return Subject("checkpoint", figures, model=classifier.model)
 
 
 def _onnx_image_size(entries: list[dict[str, Any]]) -> int | None:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainer.utils.cpus import usable_cpus
+
 
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (Linux), else whatever platform knows."""
@@ -22,14 +24,13 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """Where the latency figures were taken: they mean little without it."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu_model": cpu_model(),
         "processor": platform.processor(),
         "machine": platform.machine(),
         "platform": platform.platform(),
         "cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cpus(),
     }
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -13,15 +11,16 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import get_ema_avg_fn
 
+from trainer.utils.files import atomic_output, write_json
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write checkpoints to a temporary name and rename, so a crash never leaves a truncated .ckpt; read them
     without executing pickle code, whatever the caller or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks for."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        with atomic_output(Path(path)) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
@@ -39,17 +38,17 @@ class FinetuneSchedule(L.Callback):
         self.freeze_bn = bool(freeze_bn)
 
     def _apply(self, pl_module: L.LightningModule, epoch: int) -> None:
-        head = {id(p) for p in pl_module.backbone.head_parameters()}
+        head = {id(p) for p in pl_module.classifier.head_parameters()}
         frozen = epoch < self.freeze_epochs
         for p in pl_module.model.parameters():
             if id(p) not in head:
                 p.requires_grad = not frozen
-        if frozen or self.freeze_bn:
-            for m in pl_module.model.modules():
-                if isinstance(m, _BatchNorm) and not any(id(p) in head for p in m.parameters()):
-                    m.eval()
-                    for p in m.parameters():
-                        p.requires_grad = False
+        frozen_bn = frozen or self.freeze_bn
+        for m in pl_module.model.modules():
+            if isinstance(m, _BatchNorm) and not any(id(p) in head for p in m.parameters()):
+                m.train(not frozen_bn)  # Lightning keeps each module's mode across validation: set it back
+                for p in m.parameters():
+                    p.requires_grad = not frozen_bn
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply(pl_module, trainer.current_epoch)
@@ -78,6 +77,11 @@ class WeightEMA(WeightAveraging):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "fit":
             super().on_validation_epoch_end(trainer, pl_module)
+
+
+def weight_ema(decay: float | None) -> WeightEMA | None:
+    """The EMA callback when `finetune.ema_decay` is set; None (no callback) when it is null."""
+    return WeightEMA(float(decay)) if decay else None
 
 
 class ThroughputMeter(L.Callback):
@@ -128,7 +132,7 @@ def write_evaluation(result: dict, out_dir: Path) -> None:
     classes = list(result["per_class_accuracy"])
     confusion = np.asarray(result["confusion_matrix"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "per_class_accuracy.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    write_json(out_dir / "per_class_accuracy.json", result)
     size = max(4.0, 0.4 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(confusion, cmap="Blues")

@@ -1,34 +1,43 @@
-"""The LightningModule: loss, optimizer and schedule, and torchmetrics top-k / per-class accuracy."""
+"""The LightningModule: loss, optimizer and schedule from the `optim` config, top-k / per-class accuracy.
+
+Its hyperparameters are the run's record (`run_record`): they travel in every checkpoint, so
+`ClassifierModule.load_from_checkpoint(path)` rebuilds the trained network on any machine, and export needs
+nothing else.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from trainer.models.registry import Backbone
+from trainer.data.data_config import DataConfig
+from trainer.models.registry import Classifier, build_classifier
+from trainer.training.metrics import topk_metrics
 
-TOP_K = (1, 3, 5)
 
-
-def topk_metrics(num_classes: int) -> MetricCollection:
-    """Top-1 always; top-k only where there are more than k classes (else it is trivially 1.0)."""
-    metrics = {
-        f"top{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
-        for k in TOP_K
-        if k == 1 or num_classes > k
+def run_record(cfg: DictConfig, classes: list[str], data_config: DataConfig) -> dict[str, Any]:
+    """What travels with the model: the resolved config, the class names and the preprocessing resolved once
+    at the start of the run (plain containers, so checkpoints load with `weights_only`)."""
+    return {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "classes": list(classes),
+        "data_config": data_config.to_dict(),
+        "image_size": data_config.size,
     }
-    return MetricCollection(metrics, compute_groups=False)  # groups would merge top-3 and top-5 states
 
 
-def backbone_blocks(model: nn.Module, head_name: str) -> list[list[nn.Parameter]]:
-    """The backbone's parameters in input-to-output order, grouped by block (`features.3`, `layer2.1`, ...).
+def feature_blocks(model: nn.Module, head_name: str) -> list[list[nn.Parameter]]:
+    """The feature extractor's parameters in input-to-output order, grouped by block (`features.3`, ...).
 
     A block is a parameter's module path cut to two levels, which is the stage or block of torchvision and
     timm classifiers; layer-wise learning-rate decay scales each block by its distance from the head.
@@ -43,24 +52,29 @@ def backbone_blocks(model: nn.Module, head_name: str) -> list[list[nn.Parameter]
 
 
 class ClassifierModule(L.LightningModule):
+    """Trains `classifier` as the run's config says; the arguments but `classifier` and `memory_format` are
+    saved as hyperparameters (the run's record, see `run_record`)."""
+
     def __init__(
         self,
-        backbone: Backbone,
+        config: dict[str, Any],
         classes: list[str],
-        optim: Any,
-        augment: Any,
-        finetune: Any,
-        meta: dict[str, Any] | None = None,
+        data_config: dict[str, Any],
+        image_size: int,
+        classifier: Classifier | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         super().__init__()
-        self.meta = meta or {}  # saved in every checkpoint so export needs nothing else
-        self.backbone = backbone
+        self.save_hyperparameters(ignore=["classifier", "memory_format"], logger=False)
+        if classifier is None:  # reloaded from a checkpoint, which holds every weight
+            classifier = build_classifier({**config["model"], "pretrained": False}, len(classes))
+        self.classifier = classifier
         self.memory_format = memory_format
-        self.model = backbone.model.to(memory_format=memory_format)
+        self.model = classifier.model.to(memory_format=memory_format)
         self.classes = list(classes)
-        self.optim_cfg = optim
-        self.finetune_cfg = finetune
+        self.optim_cfg = config["optim"]
+        self.finetune_cfg = config["finetune"]
+        augment = config["augment"]
         n = len(classes)
         smoothing = float(augment.get("label_smoothing") or 0.0)
         mix = float(augment.get("mixup") or 0.0) + float(augment.get("cutmix") or 0.0)
@@ -84,8 +98,15 @@ class ClassifierModule(L.LightningModule):
         self.val_per_class = MulticlassAccuracy(n, average="none")
         self.val_confusion = MulticlassConfusionMatrix(n)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["trainer_meta"] = self.meta
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path | IO, map_location: Any = "cpu", **kwargs: Any
+    ) -> ClassifierModule:
+        """Lightning's loader on the CPU by default, never executing pickle code, whatever the caller or
+        TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks for. Checkpoints written before the module saved hyperparameters
+        load with `trainer.export.checkpoint.load_checkpoint`."""
+        kwargs["weights_only"] = True
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -124,45 +145,19 @@ class ClassifierModule(L.LightningModule):
         self.val_confusion.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim_cfg
-        lr = float(cfg.lr)
-        # A pretrained backbone moves slower than the new head; one trained from scratch does not.
-        pretrained = bool(self.backbone.loaded_tensors)
-        mult = float(self.finetune_cfg.backbone_lr_mult) if pretrained else 1.0
+        """The `optim.optimizer` over parameter groups (head at optim.lr, feature blocks slower), stepped by
+        `optim.scheduler` every optimizer step."""
+        lr = float(self.optim_cfg["lr"])
+        # A pretrained feature extractor moves slower than the new head; one trained from scratch does not.
+        pretrained = bool(self.classifier.loaded_tensors)
+        mult = float(self.finetune_cfg["backbone_lr_mult"]) if pretrained else 1.0
         decay = float(self.finetune_cfg.get("layer_decay") or 1.0) if pretrained else 1.0
-        groups = [{"params": self.backbone.head_parameters(), "lr": lr}]
-        blocks = backbone_blocks(self.model, self.backbone.head_name)
+        groups = [{"params": self.classifier.head_parameters(), "lr": lr}]
+        blocks = feature_blocks(self.model, self.classifier.head_name)
         for depth, params in enumerate(blocks):  # layer-wise decay: the earliest blocks move least
             groups.append({"params": params, "lr": lr * mult * decay ** (len(blocks) - depth)})
-        if cfg.name == "adamw":
-            optimizer = torch.optim.AdamW(
-                groups,
-                lr=lr,
-                weight_decay=float(cfg.weight_decay),
-                betas=tuple(cfg.get("betas", (0.9, 0.999))),
-            )
-        elif cfg.name == "sgd":
-            optimizer = torch.optim.SGD(
-                groups,
-                lr=lr,
-                momentum=float(cfg.momentum),
-                weight_decay=float(cfg.weight_decay),
-                nesterov=bool(cfg.get("nesterov")),
-            )
-        else:
-            raise ValueError(f"optim.name={cfg.name!r}: use adamw or sgd")
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(
-            total - 1, int(round(float(cfg.warmup_epochs) * total / max(1, self.trainer.max_epochs)))
+        optimizer = instantiate(self.optim_cfg["optimizer"])(groups)
+        scheduler = instantiate(self.optim_cfg["scheduler"])(
+            optimizer, total_steps=self.trainer.estimated_stepping_batches, epochs=self.trainer.max_epochs
         )
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, total - warmup), eta_min=lr * float(cfg.min_lr_ratio)
-        )
-        if warmup > 0:
-            start = torch.optim.lr_scheduler.LinearLR(
-                optimizer, start_factor=float(cfg.warmup_start_factor), total_iters=warmup
-            )
-            schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, [start, cosine], milestones=[warmup])
-        else:
-            schedule = cosine
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,11 +1,11 @@
-"""One training run from a composed config: data, backbone, fit, evaluation, metrics.json, export."""
+"""One training run from a composed config: data, classifier, fit, evaluation, metrics.json, export."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,41 +13,33 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainer.checks import check_train_settings
-from trainer.console.progress import progress_bar
 from trainer.console.summary import run_summary
 from trainer.data.audit import audit_dataset
 from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
 from trainer.data.scan import drop_bad_images
-from trainer.export.checkpoint import CheckpointError, export_trained, mai_score, read_checkpoint
+from trainer.export.checkpoint import CheckpointError, export_trained, read_checkpoint
 from trainer.export.settings import ExportSettings
-from trainer.models import build_backbone, count_macs, count_params
+from trainer.models import build_classifier, count_macs, count_params
 from trainer.training.callbacks import (
     AtomicCheckpointIO,
-    FinetuneSchedule,
     ThroughputMeter,
-    WeightEMA,
     evaluation_results,
     write_evaluation,
 )
-from trainer.training.module import ClassifierModule
+from trainer.training.metrics import mai_score
+from trainer.training.module import ClassifierModule, run_record
 from trainer.training.speed import resolve_memory_format, resolve_precision
 from trainer.training.threads import apply_cpu_threads
+from trainer.utils.files import write_json
 
 log = logging.getLogger(__name__)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -79,29 +71,40 @@ def cpu_overrides(trainer_cfg: DictConfig) -> dict[str, Any]:
     return overrides
 
 
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
+    """The `callbacks` config group, instantiated in its order.
+
+    An entry that builds None (EMA without finetune.ema_decay) is left out, and so is what Lightning refuses:
+    a progress bar when the Trainer shows none, a learning-rate monitor without a logger.
+    """
+    shows_progress = cfg.trainer.get("enable_progress_bar", True)
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    return [
+        c
+        for c in callbacks
+        if c is not None
+        and (shows_progress or not isinstance(c, ProgressBar))
+        and (has_logger or not isinstance(c, LearningRateMonitor))
+    ]
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: Path | str, **overrides: Any
-) -> tuple[L.Trainer, ThroughputMeter, ModelCheckpoint]:
-    """The Lightning Trainer of `cfg.trainer` with our callbacks, loggers and atomic checkpoint writes."""
-    run_dir = Path(run_dir)
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val/top1",
-        mode="max",
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
-    throughput = ThroughputMeter()
-    finetune = FinetuneSchedule(cfg.finetune.freeze_epochs, cfg.finetune.freeze_bn)
-    callbacks: list[L.Callback] = [checkpoints, throughput, finetune]
-    if cfg.finetune.get("ema_decay"):
-        callbacks.append(WeightEMA(float(cfg.finetune.ema_decay)))
-    if overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
-        callbacks.append(progress_bar())
+) -> tuple[L.Trainer, ThroughputMeter | None, ModelCheckpoint]:
+    """The Lightning Trainer of `cfg.trainer` (`overrides` win) writing to `run_dir`, with the config's
+    callbacks and loggers and atomic checkpoint writes; also its throughput meter and checkpoint callback."""
+    cfg = copy.deepcopy(cfg)  # the config as this Trainer runs it: callbacks and loggers read paths, trainer
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        cfg.trainer.merge_with(overrides)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers))
+    throughput = next((c for c in callbacks if isinstance(c, ThroughputMeter)), None)
+    checkpoints = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+    if checkpoints is None:
+        raise ValueError(
+            "callbacks: a run needs a ModelCheckpoint with a monitor (callbacks.checkpoint) to keep its best"
+        )
     settings = {"precision": resolve_precision(cfg.trainer), **cpu_overrides(cfg.trainer), **overrides}
     trainer = instantiate(
         cfg.trainer,
@@ -118,16 +121,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job described by `cfg`; returns (and writes) the run's metrics."""
     if rank_zero_only.rank != 0:  # DDP: the other processes repeat rank 0's lines; keep only their errors
         logging.getLogger("trainer").setLevel(logging.ERROR)
-    resume_meta = check_train_settings(cfg)
+    resumed = check_train_settings(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     apply_cpu_threads(cfg)
 
     index = build_index(cfg.dataset)
-    if resume_meta is not None and list(resume_meta["classes"]) != index.classes:
+    if resumed is not None and list(resumed["classes"]) != index.classes:
         raise CheckpointError(
-            f"ckpt_path={cfg.ckpt_path} was trained on classes {resume_meta['classes']}, "
+            f"ckpt_path={cfg.ckpt_path} was trained on classes {resumed['classes']}, "
             f"this dataset has {index.classes}: resume on the same dataset"
         )
     drop_bad_images(index, cfg.dataset.on_bad_image)
@@ -144,28 +147,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.export.enabled:  # a bad export setting fails now, not after training
         settings = ExportSettings.from_config(cfg.export)
         settings.on_device.check_data(settings.updatable, index.classes, [label for _, label in index.train])
-    backbone = build_backbone(cfg.model, index.num_classes)
-    data_config = DataConfig.resolve(backbone.data_config, int(cfg.dataset.image_size))
+    classifier = build_classifier(cfg.model, index.num_classes)
+    data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
     image_size = data_config.size
     log.info("Eval preprocessing: %s", data_config.describe())
     datamodule = ImageDataModule.from_config(index, data_config, cfg)
-    meta = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "classes": index.classes,
-        "data_config": data_config.to_dict(),
-        "image_size": image_size,
-    }
+    record = run_record(cfg, index.classes, data_config)
     memory_format = resolve_memory_format(cfg.get("memory_format"), cfg.trainer)
-    module = ClassifierModule(
-        backbone, index.classes, cfg.optim, cfg.augment, cfg.finetune, meta, memory_format
-    )
+    module = ClassifierModule(**record, classifier=classifier, memory_format=memory_format)
 
     trainer, throughput, checkpoints = build_trainer(cfg, run_dir)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     train_seconds = time.perf_counter() - started
 
-    best = checkpoints.best_model_path or checkpoints.last_model_path
+    best = checkpoints.best_model_path
     saved = read_checkpoint(best)
     module.load_state_dict(saved["state_dict"])
     values = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
@@ -195,12 +191,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "best_epoch": saved["epoch"] + 1,
         "threads": torch.get_num_threads(),
-        "train_images_per_sec": throughput.images_per_sec,
+        "train_images_per_sec": throughput.images_per_sec if throughput else None,
         "precision": str(trainer.precision),
         "memory_format": str(memory_format).removeprefix("torch."),
         "train_seconds": train_seconds,
         "best_checkpoint": str(Path(best).resolve()),
-        "pretrained_tensors_loaded": backbone.loaded_tensors,
+        "pretrained_tensors_loaded": classifier.loaded_tensors,
         "per_class_accuracy": evaluation["per_class_accuracy"],
         "config_hash": config_hash(cfg),
     }
@@ -208,7 +204,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("Trained: val top-1 %.4f (%s)", metrics["val_top1"], run_dir / "metrics.json")
     manifest = None
     if cfg.export.enabled:
-        manifest = export_trained(backbone, meta, cfg.export, run_dir / "export", index, metrics)
+        manifest = export_trained(classifier, record, cfg.export, run_dir / "export", index, metrics)
         log.info("Exported %d artifacts to %s", len(manifest["artifacts"]), run_dir / "export")
         metrics.update(export_summary(manifest, metrics, cfg.dataset.get("mai_score", False)))
         write_json(run_dir / "metrics.json", metrics)

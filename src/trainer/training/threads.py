@@ -6,7 +6,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from trainer.data.datamodule import cpu_cores
+from trainer.utils.cpus import usable_cpus
 
 
 def parallel_jobs(n_jobs: int, cores: int) -> int:
@@ -27,7 +27,7 @@ def job_threads(cfg: DictConfig) -> int | None:
         return None
     launcher = HydraConfig.get().launcher
     target = str(launcher.get("_target_", ""))
-    cores = cpu_cores()
+    cores = usable_cpus()
     if "joblib" in target:
         return max(1, cores // parallel_jobs(int(launcher.get("n_jobs") or -1), cores))
     if "submitit" in target and launcher.get("cpus_per_task"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from trainer.data.index import DatasetIndex, Sample, register_source
+from trainer.data.index import DatasetIndex, Sample
 from trainer.data.sources.folder import DatasetLayoutError, index_class_folders
 
 NUM_CLASSES = 30
@@ -71,8 +71,8 @@ def index_camera_scene(root: Path, name: str = "camera_scene") -> DatasetIndex:
     return DatasetIndex(classes=classes, train=train, val=val, name=name, extra={"folders": folders})
 
 
-@register_source("camera_scene")
 def camera_scene(cfg) -> DatasetIndex:
+    """dataset=camera_scene: the unpacked challenge folders under dataset.root (never downloaded)."""
     root = cfg.get("root")
     if not root or not Path(root).expanduser().is_dir():
         raise FileNotFoundError(f"Camera Scene data not found (dataset.root={root}).\n{HOW_TO_GET}")

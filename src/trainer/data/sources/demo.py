@@ -6,17 +6,15 @@ It lets `python train.py` run end to end on a machine with no network and no pho
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageDraw, ImageFilter
 
-from trainer.data.index import DatasetIndex, register_source
+from trainer.data.index import DatasetIndex
 from trainer.data.sources.folder import index_folder
+from trainer.utils.files import atomic_output
 
 DEMO_CLASSES = ("checkerboard", "dots", "horizontal_stripes", "plain", "rings", "vertical_stripes")
 _MARKER = ".complete"
@@ -72,8 +70,7 @@ def generate_demo(target: Path, train_per_class: int, val_per_class: int, size: 
     with FileLock(str(target) + ".lock"):
         if (target / _MARKER).exists():
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
-        try:
+        with atomic_output(target) as tmp:
             rng = np.random.default_rng(seed)
             for split, count in (("train", train_per_class), ("val", val_per_class)):
                 for kind in DEMO_CLASSES:
@@ -82,16 +79,11 @@ def generate_demo(target: Path, train_per_class: int, val_per_class: int, size: 
                     for i in range(count):
                         draw_demo_image(kind, size, rng).save(folder / f"{kind}_{i:04d}.jpg", quality=90)
             (tmp / _MARKER).write_text("ok\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-@register_source("demo")
 def demo_source(cfg) -> DatasetIndex:
+    """dataset=demo: the synthetic texture set, generated under dataset.root the first time."""
     target = Path(cfg.root).expanduser() / f"demo-{cfg.generate_size}px"
     generate_demo(target, cfg.train_per_class, cfg.val_per_class, cfg.generate_size)
     index = index_folder(target)

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from trainer.data.images import is_image_file
-from trainer.data.index import DatasetIndex, Sample, register_source
+from trainer.data.index import DatasetIndex, Sample
 
 
 class DatasetLayoutError(ValueError):
@@ -108,8 +108,8 @@ def index_folder(root: Path, val_fraction: float = 0.2, seed: int = 0) -> Datase
     return DatasetIndex(classes=classes, train=train, val=val, name=root.name)
 
 
-@register_source("folder")
 def folder_source(cfg) -> DatasetIndex:
+    """dataset=folder: the user's own photos under dataset.root."""
     if OmegaConf.is_missing(cfg, "root") or cfg.root is None:
         raise DatasetLayoutError("dataset=folder needs dataset.root=/path/to/photos")
     return index_folder(Path(cfg.root), cfg.val_fraction, cfg.split_seed)

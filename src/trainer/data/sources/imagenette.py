@@ -11,8 +11,8 @@ import csv
 from collections.abc import Mapping
 from pathlib import Path
 
-from trainer.data.download import Archive, prepare_dataset, resolve_archives
-from trainer.data.index import DatasetIndex, Sample, register_source
+from trainer.data.index import DatasetIndex, Sample
+from trainer.data.prepare import Archive, prepare_dataset, resolve_archives
 from trainer.data.sources.folder import DatasetLayoutError, index_class_folders
 
 _BASE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/"
@@ -127,11 +127,11 @@ def _build(cfg, family: str, names: Mapping[str, str], noisy_csv: str) -> Datase
     return index_imagenette(path, names, cfg.get("name", folder), label_noise, noisy_csv)
 
 
-@register_source("imagenette")
 def imagenette(cfg) -> DatasetIndex:
+    """dataset=imagenette: fetched and unpacked under dataset.root on first use."""
     return _build(cfg, "imagenette2", IMAGENETTE_CLASSES, "noisy_imagenette.csv")
 
 
-@register_source("imagewoof")
 def imagewoof(cfg) -> DatasetIndex:
+    """dataset=imagewoof: fetched and unpacked under dataset.root on first use."""
     return _build(cfg, "imagewoof2", IMAGEWOOF_CLASSES, "noisy_imagewoof.csv")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.download import Archive, prepare_dataset, resolve_archives
-from trainer.data.index import DatasetIndex, Sample, register_source
+from trainer.data.index import DatasetIndex, Sample
+from trainer.data.prepare import Archive, prepare_dataset, resolve_archives
 from trainer.data.sources.folder import DatasetLayoutError
 
 FOLDER = "stanford_dogs"
@@ -57,8 +57,8 @@ def index_stanford_dogs(root: Path, name: str = "stanford_dogs") -> DatasetIndex
     )
 
 
-@register_source("stanford_dogs")
 def stanford_dogs(cfg) -> DatasetIndex:
+    """dataset=stanford_dogs: images.tar and lists.tar fetched and unpacked under dataset.root."""
     archives = resolve_archives(PINNED, cfg.get("url"), cfg.get("sha256"))
     root = Path(cfg.root).expanduser()
     path = prepare_dataset(root, FOLDER, archives, download=bool(cfg.get("download", True)))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.download import Archive, prepare_dataset, resolve_archives
-from trainer.data.index import DatasetIndex, Sample, register_source
+from trainer.data.index import DatasetIndex, Sample
+from trainer.data.prepare import Archive, prepare_dataset, resolve_archives
 from trainer.data.sources.folder import DatasetLayoutError, index_class_folders
 
 FOLDER = "tiny-imagenet-200"
@@ -54,8 +54,8 @@ def index_tiny_imagenet(root: Path, name: str = "tiny_imagenet") -> DatasetIndex
     return DatasetIndex(classes=classes, train=train, val=sorted(val), name=name, extra={"wnids": wnids})
 
 
-@register_source("tiny_imagenet")
 def tiny_imagenet(cfg) -> DatasetIndex:
+    """dataset=tiny_imagenet: fetched and unpacked under dataset.root on first use."""
     archives = resolve_archives(PINNED, cfg.get("url"), cfg.get("sha256"))
     root = Path(cfg.root).expanduser()
     path = prepare_dataset(root, FOLDER, archives, download=bool(cfg.get("download", True)), inner=FOLDER)
