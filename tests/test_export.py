@@ -28,7 +28,7 @@ from trainer.cli import compose_config
 from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
-from trainer.export import coreml_convert, coreml_spec
+from trainer.export import coreml_convert, coreml_spec, coreml_target
 from trainer.export import onnx as onnx_format
 from trainer.export.coreml_verify import RUNTIME
 from trainer.export.handoff import xcode_class_name
@@ -359,7 +359,7 @@ def test_skipped_variants_give_reasons(exported: dict) -> None:
     skipped = {s["name"]: s["reason"] for s in exported["manifest"]["skipped"]}
     assert "iOS17" in skipped["coreml_w8a8"]
     if sys.platform != "darwin":
-        assert "macOS" in coreml_convert.w8a8_skip_reason("iOS17")
+        assert "macOS" in coreml_target.w8a8_skip_reason("iOS17")
     if lite_unavailable_reason() is not None:
         assert "XNNPACK" in skipped["torchscript_lite"]
 

@@ -25,10 +25,10 @@ from trainer.export.coreml_convert import (
     convert,
     in_memory_weights_bytes,
     save,
-    w8a8_skip_reason,
     weights_bytes,
 )
 from trainer.export.coreml_spec import check_spec
+from trainer.export.coreml_target import w8a8_skip_reason
 from trainer.export.coreml_verify import (
     compressed_bits,
     gate,

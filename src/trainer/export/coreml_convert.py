@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from trainer.export.coreml_target import deployment_target
 from trainer.export.coreml_verify import (
     WEIGHT_THRESHOLD,
 )
@@ -101,25 +101,6 @@ class CoreMLWrapper(nn.Module):
             x = x * self.gain + self.offset
         out = self.model(x)
         return torch.softmax(out, dim=1) if self.classifier else out.flatten(1)
-
-
-def deployment_target(name: str) -> ct.target:
-    """The coremltools target for a config name such as 'iOS16' or 'macOS14'."""
-    target = getattr(ct.target, name, None)
-    if not isinstance(target, ct.target):
-        raise ValueError(
-            f"export.coreml.minimum_deployment_target: unknown target '{name}' (e.g. iOS16, iOS17)"
-        )
-    return target
-
-
-def w8a8_skip_reason(target_name: str) -> str | None:
-    """Why the W8A8 variant cannot be made here (None when it can)."""
-    if deployment_target(target_name).value < ct.target.iOS17.value:
-        return f"w8a8 needs minimum_deployment_target iOS17 or later, not {target_name}"
-    if sys.platform != "darwin":
-        return "w8a8 calibrates activations by running the model (MLModel.predict), which needs macOS"
-    return None
 
 
 def image_input(image_size: int, norm: ImageNormalization) -> ct.ImageType:
