@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import zlib
 from pathlib import Path
 
@@ -12,6 +13,18 @@ import torch
 from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """absl (the LiteRT converter's logging) binds its handler to the sys.stderr of the moment it is first
+    imported: inside a test that is pytest's capture buffer, which the next in-process CLI test's Hydra
+    logging setup closes (logging.config closes old handlers), and pytest then crashes on exit. Bind it to
+    the process's real stderr before any test imports it."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # the [mobile] extra is not installed
+        return
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 
 @pytest.fixture(autouse=True)
