@@ -146,7 +146,7 @@ def check_export(export_cfg: DictConfig) -> None:
 
 
 def check_train_settings(cfg: DictConfig) -> dict[str, Any] | None:
-    """Check every setting of `train.py`; return the resume checkpoint's metadata when `ckpt_path` is set."""
+    """Check every setting of `train.py`; return the run record of `ckpt_path` when resuming."""
     check_dataset(cfg)
     check_model(cfg)
     check_augment(cfg)

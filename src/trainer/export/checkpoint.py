@@ -13,6 +13,7 @@ from trainer.data.data_config import data_config_from_record
 from trainer.data.index import DatasetIndex, build_index
 from trainer.export.pipeline import export_all
 from trainer.models import Classifier, build_classifier, headless_copy
+from trainer.models.families import MobileNetV1Family, TimmFamily, TorchvisionFamily
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,12 @@ RECORD_KEYS = ("config", "classes")  # what rebuilding the model needs
 RECORD = "hyper_parameters"  # Lightning's key: ClassifierModule saves the run's record as its hyperparameters
 V1_RECORD = "trainer_meta"  # where checkpoints written before that kept it
 V1_FAMILIES = {  # v1 model configs named their family by `impl`
-    "torchvision": "trainer.models.families.TorchvisionFamily",
-    "timm": "trainer.models.families.TimmFamily",
-    "mobilenet_v1": "trainer.models.families.MobileNetV1Family",
+    impl: f"{family.__module__}.{family.__qualname__}"
+    for impl, family in (
+        ("torchvision", TorchvisionFamily),
+        ("timm", TimmFamily),
+        ("mobilenet_v1", MobileNetV1Family),
+    )
 }
 
 
