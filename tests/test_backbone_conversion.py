@@ -93,7 +93,7 @@ def exported(request: pytest.FixtureRequest, images: list[tuple[str, int]], tmp_
         cfg=cfg,
         calibration_paths=[],
         val_samples=images,
-        metadata={"backbone": name},
+        provenance={"backbone": name},
     )
     return {"name": name, "model": model, "size": size, "manifest": manifest, "out": out_dir}
 

@@ -47,6 +47,7 @@ def test_demo_job_output_is_short_and_ends_with_the_summary(tmp_path: Path) -> N
     lines = out.splitlines()
     assert len(lines) <= MAX_LINES, out
     assert "\r" not in out and not THIRD_PARTY_INFO.search(out), out
+    assert "[py.warnings]" not in out and "[torch" not in out, out  # no warning the user cannot act on
     messages = [line for line in lines if not line.startswith("  ")]  # table rows may repeat cells
     assert len(messages) == len(set(messages)), out  # every message once
     assert [line for line in lines if line.startswith("epoch ")][-1].startswith("epoch 2/2: ")

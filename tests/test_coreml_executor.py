@@ -59,7 +59,7 @@ def save(module: nn.Module, path: Path, norm: coreml_convert.ImageNormalization 
     mlmodel = coreml_convert.convert(
         module, image_size=SIZE, norm=norm, classes=CLASSES, target_name="iOS16", precision="fp32"
     )
-    coreml_convert.save(mlmodel, path, settings=SETTINGS, user_metadata={}, classifier=True)
+    coreml_convert.save(mlmodel, path, settings=SETTINGS, model_metadata={}, classifier=True)
     return path
 
 

@@ -158,7 +158,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
         cfg=cfg,
         calibration_paths=[p for p, _ in train_samples],
         val_samples=val_samples,
-        metadata=METADATA,
+        provenance=METADATA,
         headless=headless,
     )
     return {"manifest": manifest, "out": out_dir, "model": model, "val": val_samples}
@@ -425,7 +425,7 @@ def small_export(tmp_path: Path, cfg: OmegaConf, out_dir: Path | None = None) ->
         cfg=cfg,
         calibration_paths=[p for p, _ in samples],
         val_samples=samples,
-        metadata=METADATA,
+        provenance=METADATA,
     )
 
 
@@ -570,7 +570,7 @@ def test_unreadable_val_image_is_listed_not_fatal(tmp_path: Path) -> None:
         cfg=export_config(formats=["torchscript"]),
         calibration_paths=[],
         val_samples=[*samples, (str(bogus), 0)],
-        metadata={},
+        provenance={},
     )
     assert manifest["errors"] == [] and manifest["val_images"] == len(samples)
     assert len(manifest["unreadable_images"]) == 1 and str(bogus) in manifest["unreadable_images"][0]
@@ -610,7 +610,7 @@ def test_real_photos(tmp_path: Path) -> None:
         cfg=export_config(formats=["onnx"]),
         calibration_paths=train,
         val_samples=val,
-        metadata={},
+        provenance={},
     )
     assert manifest["errors"] == [] and manifest["val_images"] == 16
     assert entry(manifest, "model.onnx")["top1_agreement"] >= 0.995

@@ -55,7 +55,7 @@ def test_backbone_converts_for_android(name: str, images: list[tuple[str, int]],
         cfg=cfg,
         calibration_paths=[],
         val_samples=images,
-        metadata={"backbone": name},
+        provenance={"backbone": name},
     )
     errors = {e["artifact"]: e["error"] for e in manifest["errors"]}
     artifacts = {a["name"]: a for a in manifest["artifacts"]}

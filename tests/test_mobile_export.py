@@ -63,7 +63,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
         cfg=export_config(formats=MOBILE),
         calibration_paths=[p for p, _ in train_samples],
         val_samples=val_samples,
-        metadata=METADATA,
+        provenance=METADATA,
     )
     return {"manifest": manifest, "out": root / "export", "model": model, "val": val_samples}
 
@@ -203,7 +203,7 @@ def test_int8_gate_warns_past_one_point(tmp_path: Path) -> None:
         labels=labels,
         reference=np.eye(3, dtype=np.float32)[labels],
         example=torch.zeros(1, 3, SIZE, SIZE),
-        user_metadata={},
+        model_metadata={},
         read_calibration=lambda: np.zeros((0, 3, SIZE, SIZE), np.float32),
         threads=1,
     )

@@ -32,7 +32,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
         cfg=export_config(formats=["torchscript", "onnx"], **{"onnx.int8": False}),
         calibration_paths=[],
         val_samples=samples,
-        metadata={},
+        provenance={},
     )
     assert manifest["errors"] == []
     return {"dir": root / "export", "images": [Path(p) for p, _ in samples], "model": model}

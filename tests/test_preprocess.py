@@ -119,7 +119,7 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict:
             cfg=cfg_export,
             calibration_paths=[str(image)],
             val_samples=[(str(image), 0)],
-            metadata={"val_top1": 0.8, "val_images": 10},
+            provenance={"val_top1": 0.8, "val_images": 10},
         )
     assert manifest["errors"] == []
     return {

@@ -76,7 +76,7 @@ def export(tmp: Path, kind: str, samples: tuple, **overrides: object) -> dict:
         cfg=cfg,
         calibration_paths=[p for p, _ in train_samples],
         val_samples=val_samples,
-        metadata=METADATA,
+        provenance=METADATA,
         headless=model[:-2],
         head=model[-2:],
         train_samples=train_samples,

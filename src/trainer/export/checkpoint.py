@@ -128,7 +128,7 @@ def export_trained(
     if index is None:  # from a checkpoint: the same dataset config finds the same images
         index = build_index(config.dataset)
     data_config = data_config_from_record(record)
-    metadata = {
+    provenance = {
         "backbone": config.model.name,
         "alpha": config.model.get("alpha"),
         "dataset": index.name,
@@ -145,7 +145,7 @@ def export_trained(
         cfg=export_cfg,
         calibration_paths=[p for p, _ in index.train],
         val_samples=index.val,
-        metadata=metadata,
+        provenance=provenance,
         headless=headless_copy(classifier)
         if export_cfg.get("headless") or export_cfg.get("updatable")
         else None,

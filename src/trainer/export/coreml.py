@@ -110,7 +110,7 @@ def export(job: ExportJob) -> None:
             if variant not in ("fp32", "fp16"):
                 mlmodel = compress(mlmodel, variant, to_pixels(job.calibration, job.mean, job.std))
             path = job.out_dir / f"{CLASSIFIER_STEM}_{variant}.mlpackage"
-            save(mlmodel, path, settings=job.settings, user_metadata=job.user_metadata, classifier=True)
+            save(mlmodel, path, settings=job.settings, model_metadata=job.model_metadata, classifier=True)
             extra: dict[str, Any] = {
                 "minimum_deployment_target": target,
                 "weights_bytes": weights_bytes(path),
@@ -121,8 +121,8 @@ def export(job: ExportJob) -> None:
                 extra.update(weights_ratio_vs_fp16=round(ratio, 4), weights_ratio_expected=round(expected, 4))
                 job.fail(name, [f"{name}: {p}" for p in problems])
             stats = verify(job, name, variant, path, job.classes, softmax(job.reference))
-            metadata = package_metadata(job.user_metadata, stats)
-            save(mlmodel, path, settings=job.settings, user_metadata=metadata, classifier=True)
+            metadata = package_metadata(job.model_metadata, stats)
+            save(mlmodel, path, settings=job.settings, model_metadata=metadata, classifier=True)
             job.add(path, format="coreml", precision=variant, **extra, **stats)
             job.fail(name, _check_saved(job, path, norm, job.classes, metadata))
 
@@ -141,7 +141,7 @@ def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray)
             precision="fp16",
         )
         path = job.out_dir / f"{HEADLESS_STEM}_fp16.mlpackage"
-        save(mlmodel, path, settings=job.settings, user_metadata=job.user_metadata, classifier=False)
+        save(mlmodel, path, settings=job.settings, model_metadata=job.model_metadata, classifier=False)
         stats = verify(job, "headless_coreml_fp16", "fp16", path, None, reference)
         job.add(
             path,
@@ -151,7 +151,7 @@ def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray)
             minimum_deployment_target=target,
             **stats,
         )
-        job.fail("headless_coreml_fp16", _check_saved(job, path, norm, None, job.user_metadata))
+        job.fail("headless_coreml_fp16", _check_saved(job, path, norm, None, job.model_metadata))
 
 
 def _check_saved(
@@ -166,7 +166,7 @@ def _check_saved(
         image_size=job.image_size,
         norm=norm,
         classes=classes,
-        user_metadata_keys=list(metadata),
+        model_metadata_keys=list(metadata),
     )
 
 

@@ -172,7 +172,7 @@ def save(
     path: Path,
     *,
     settings: ExportSettings,
-    user_metadata: dict[str, Any],
+    model_metadata: dict[str, Any],
     classifier: bool,
 ) -> None:
     """Fill what Xcode shows (author, license, description, version, user metadata, input/output notes) and
@@ -186,7 +186,7 @@ def save(
     mlmodel.short_description = (
         settings.description if classifier else f"Feature extractor (embeddings): {settings.description}"
     )
-    for key, value in user_metadata.items():
+    for key, value in model_metadata.items():
         mlmodel.user_defined_metadata[key] = value if isinstance(value, str) else json.dumps(value)
     mlmodel.input_description[INPUT_NAME] = "RGB image, raw pixels (normalization is built into the model)"
     if classifier:

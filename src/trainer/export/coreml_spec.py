@@ -91,7 +91,7 @@ def check_spec(
     image_size: int,
     norm: ImageNormalization,
     classes: list[str] | None,
-    user_metadata_keys: Sequence[str],
+    model_metadata_keys: Sequence[str],
 ) -> list[str]:
     """Problems with a saved .mlpackage's interface (empty when it is what apps expect).
 
@@ -142,7 +142,7 @@ def check_spec(
             problems.append(f"class labels are {labels}, expected {classes} in that order")
 
     meta = spec.description.metadata
-    expected_keys = [*user_metadata_keys, PREVIEW_KEY] if classes is not None else list(user_metadata_keys)
+    expected_keys = [*model_metadata_keys, PREVIEW_KEY] if classes is not None else list(model_metadata_keys)
     missing = [k for k in expected_keys if k not in meta.userDefined]
     if missing:
         problems.append(f"user metadata lacks {missing}")

@@ -109,11 +109,11 @@ def gate_problem(name: str, check: dict[str, Any] | None) -> list[str]:
     return [f"{name}: failed check {check['rule']}: measured {check['value']}"]
 
 
-def package_metadata(user_metadata: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+def package_metadata(model_metadata: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
     """The metadata a measured package carries: its own val figures, PyTorch's renamed `pytorch_val_*`."""
     own = {key: stats.get(key) for key in ("val_top1", "top1_agreement", "top1_drop_vs_fp32")}
-    pytorch = {f"pytorch_{k}": v for k, v in user_metadata.items() if k.startswith("val_")}
-    rest = {k: v for k, v in user_metadata.items() if not k.startswith("val_")}
+    pytorch = {f"pytorch_{k}": v for k, v in model_metadata.items() if k.startswith("val_")}
+    rest = {k: v for k, v in model_metadata.items() if not k.startswith("val_")}
     return {**rest, **pytorch, **{k: v for k, v in own.items() if v is not None}, "measured_by": RUNTIME}
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from trainer.export.job import ExportJob
 from trainer.export.manifest import atomic_output
 from trainer.export.verify import Predict
+from trainer.utils.native_output import native_output_to_log
 
 FILES = {"fp32": "model.pte", "int8": "model_int8.pte"}
 INT8_RECIPE = (
@@ -66,11 +67,12 @@ def load(path: Path, manifest: dict[str, Any]) -> Predict:
 def executorch_predictor(path: Path, threads: int) -> Predict:
     """Run a .pte with ExecuTorch's Python runtime (XNNPACK on `threads` threads), one image at a time (the
     program has batch size 1)."""
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
+    with native_output_to_log("the ExecuTorch runtime"):
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
 
-    portable_lib._unsafe_reset_threadpool(threads)  # nothing runs yet: the reset is safe here
-    method = Runtime.get().load_program(str(path)).load_method("forward")
+        portable_lib._unsafe_reset_threadpool(threads)  # nothing runs yet: the reset is safe here
+        method = Runtime.get().load_program(str(path)).load_method("forward")
 
     def predict(batch: np.ndarray) -> np.ndarray:
         rows = [method.execute([torch.from_numpy(image[None])])[0] for image in batch]
@@ -103,7 +105,8 @@ def _lower(program: torch.export.ExportedProgram) -> bytes:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    with native_output_to_log("the ExecuTorch lowering"):
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
 
 
 def _write(path: Path, program: bytes) -> None:

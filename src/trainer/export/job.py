@@ -39,7 +39,7 @@ class ExportJob:
     labels: np.ndarray
     reference: np.ndarray  # PyTorch's logits on `inputs`
     example: torch.Tensor  # one input for tracing
-    user_metadata: dict[str, Any]  # what goes into the models' own metadata
+    model_metadata: dict[str, Any]  # what goes into the models' own metadata
     read_calibration: Callable[[], np.ndarray]
     threads: int
     artifacts: list[dict[str, Any]] = field(default_factory=list)

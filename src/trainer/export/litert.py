@@ -12,11 +12,9 @@ and the input layout are stored in the model's metadata (entry `trainer`, JSON: 
 
 from __future__ import annotations
 
-import io
-import os
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from trainer.export.job import ExportJob
 from trainer.export.litert_flatbuffer import float_io, signature, with_metadata
 from trainer.export.manifest import atomic_output
 from trainer.export.verify import Predict
+from trainer.utils.native_output import native_output_to_log
 
 FILES = {"fp32": "model.tflite", "fp16": "model_fp16.tflite", "int8": "model_int8.tflite"}
 INT8_RECIPE = (
@@ -110,10 +109,11 @@ def load(path: Path, manifest: dict[str, Any]) -> Predict:
 def litert_predictor(path: Path, mean: Sequence[float], std: Sequence[float], threads: int) -> Predict:
     """Run a .tflite image classifier with the LiteRT interpreter (CPU, XNNPACK) on normalized NCHW batches,
     one image at a time (the model has batch size 1, as on the phone)."""
-    from ai_edge_litert.interpreter import Interpreter
+    with native_output_to_log("the LiteRT interpreter"):
+        from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        interpreter.allocate_tensors()
     (image,), (logits,) = interpreter.get_input_details(), interpreter.get_output_details()
 
     def predict(batch: np.ndarray) -> np.ndarray:
@@ -138,22 +138,22 @@ def _metadata(job: ExportJob) -> dict[str, Any]:
         "std": list(job.std),
         "input": INPUT,
         "output": "float32 (1, classes) logits; apply softmax for probabilities",
-        **{k: v for k, v in job.user_metadata.items() if k not in ("mean", "std")},
+        **{k: v for k, v in job.model_metadata.items() if k not in ("mean", "std")},
     }
 
 
 def _convert(module: nn.Module, image_size: int) -> bytes:
     """fp32 .tflite bytes of `module` for one (1, S, S, 3) image; litert-torch's progress lines are muted."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import litert_torch
-    from litert_torch import progress
+    with _quiet("litert-torch"):
+        import litert_torch
+        from litert_torch import progress
 
-    example = (torch.rand(1, image_size, image_size, 3) * 255.0,)
-    quiet, progress.console.quiet = progress.console.quiet, True
-    try:
-        return litert_torch.convert(module, example).model_content()
-    finally:
-        progress.console.quiet = quiet
+        example = (torch.rand(1, image_size, image_size, 3) * 255.0,)
+        quiet, progress.console.quiet = progress.console.quiet, True
+        try:
+            return litert_torch.convert(module, example).model_content()
+        finally:
+            progress.console.quiet = quiet
 
 
 def _fp16(fp32_bytes: bytes) -> bytes:
@@ -167,7 +167,7 @@ def _fp16(fp32_bytes: bytes) -> bytes:
         num_bits=16,
         algorithm_key=AlgorithmName.FLOAT_CASTING,
     )
-    with _quiet():
+    with _quiet("ai-edge-quantizer"):
         return bytes(q.quantize().quantized_model)
 
 
@@ -180,15 +180,16 @@ def _int8(fp32_bytes: bytes, pixels: np.ndarray) -> bytes:
     q = quantizer.Quantizer(bytearray(fp32_bytes), recipe.static_wi8_ai8())
     (name, (input_name, _)) = next(iter(signature(fp32_bytes).items()))
     samples = {name: [{input_name: p[None]} for p in pixels]}
-    with _quiet():
+    with _quiet("ai-edge-quantizer"):
         quantized = q.quantize(q.calibrate(samples)).quantized_model
     return float_io(bytes(quantized))
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
-    """Mute ai-edge-quantizer's progress bars, size report and debug-mode warning (errors still raise)."""
-    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()), warnings.catch_warnings():
+def _quiet(what: str) -> Iterator[None]:
+    """The converters' progress bars, size reports, native logging and warnings into the log file (errors
+    still raise)."""
+    with native_output_to_log(what), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
 

@@ -80,7 +80,7 @@ def _export_into(
     cfg: DictConfig | dict,
     calibration_paths: list[str],
     val_samples: list[tuple[str, int]],
-    metadata: dict,
+    provenance: dict,
     headless: nn.Module | None = None,
     head: nn.Module | None = None,
     train_samples: Sequence[tuple[str, int]] = (),
@@ -89,7 +89,7 @@ def _export_into(
 
     `model` maps normalized (N, 3, S, S) float input to (N, len(classes)) logits; `data_config` is the run's
     eval preprocessing, which every input here and the app's preprocessing follow; `calibration_paths` are
-    training images for int8 calibration; `metadata` (backbone, dataset, val metrics, config hash, ...) goes
+    training images for int8 calibration; `provenance` (backbone, dataset, val metrics, config hash, ...) goes
     into the Core ML models, the manifest and the model card.
     `headless` (the model without its head), `head` and the labelled `train_samples` feed the feature
     extractor and UpdatableClassifier exports (`export.headless`, `export.updatable`).
@@ -114,12 +114,12 @@ def _export_into(
         labels=np.asarray([samples[i][1] for i in kept], dtype=np.int64),
         reference=run_batches(predict, inputs),
         example=torch.from_numpy(inputs[:1]) if len(inputs) else torch.randn(1, 3, image_size, image_size),
-        user_metadata={
+        model_metadata={
             "resolution": image_size,
             "mean": list(mean),
             "std": list(std),
             "preprocess": data_config.to_dict(),
-            **metadata,
+            **provenance,
         },
         read_calibration=lambda: load_inputs(
             _spread(calibration_paths, settings.onnx.calibration_images), data_config
@@ -154,7 +154,7 @@ def _export_into(
         "author": settings.author,
         "license": settings.license,
         "version": settings.version,
-        "metadata": metadata,
+        "metadata": provenance,
         "val_images": len(inputs),
         "unreadable_images": unreadable,
         "pytorch_val_top1": top1(job.reference, job.labels),

@@ -202,13 +202,13 @@ def pipeline_spec(extractor: Any, last: Any, classes: Sequence[str]) -> Any:
 
 
 def save(
-    spec: Any, path: Path, *, settings: ExportSettings, user_metadata: dict[str, Any], kind: str
+    spec: Any, path: Path, *, settings: ExportSettings, model_metadata: dict[str, Any], kind: str
 ) -> None:
     """Fill Xcode's metadata and feature descriptions and write the .mlmodel atomically."""
     meta = spec.description.metadata
     meta.author, meta.license, meta.versionString = settings.author, settings.license, settings.version
     meta.shortDescription = f"Updatable ({kind}) {settings.description}"
-    for key, value in {**user_metadata, "updatable": kind}.items():
+    for key, value in {**model_metadata, "updatable": kind}.items():
         meta.userDefined[key] = value if isinstance(value, str) else json.dumps(value)
     notes = {
         INPUT_NAME: "RGB image, raw pixels (normalization is built into the model)",

@@ -145,7 +145,7 @@ def export_updatable(
                 epochs=opts.epochs,
             )
         spec = updatable.pipeline_spec(extractor, last, classes)
-        updatable.save(spec, path, settings=job.settings, user_metadata=job.user_metadata, kind=kind)
+        updatable.save(spec, path, settings=job.settings, model_metadata=job.model_metadata, kind=kind)
         entry = job.add(path, format="coreml", precision="fp32", kind="updatable", updatable=kind)
         job.fail(
             entry["name"],
