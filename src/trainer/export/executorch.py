@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from trainer.export.job import ExportJob
-from trainer.export.manifest import atomic_output
 from trainer.export.verify import Predict
+from trainer.utils.files import atomic_output
 
 FILES = {"fp32": "model.pte", "int8": "model_int8.pte"}
 INT8_RECIPE = (

@@ -26,8 +26,8 @@ from torch import nn
 
 from trainer.export.job import ExportJob
 from trainer.export.litert_flatbuffer import float_io, signature, with_metadata
-from trainer.export.manifest import atomic_output
 from trainer.export.verify import Predict
+from trainer.utils.files import atomic_output
 
 FILES = {"fp32": "model.tflite", "fp16": "model_fp16.tflite", "int8": "model_int8.tflite"}
 INT8_RECIPE = (
