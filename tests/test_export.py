@@ -32,9 +32,10 @@ from trainer.export import coreml_convert, coreml_spec, coreml_target
 from trainer.export import onnx as onnx_format
 from trainer.export.coreml_verify import RUNTIME
 from trainer.export.handoff import xcode_class_name
-from trainer.export.manifest import atomic_output, sha256, size_bytes
+from trainer.export.manifest import sha256, size_bytes
 from trainer.export.pipeline import export_all
 from trainer.export.torchscript import lite_unavailable_reason
+from trainer.utils.files import atomic_output
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["red_disc", "green_bar", "blue_ring"]

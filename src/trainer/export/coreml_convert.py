@@ -28,9 +28,10 @@ from trainer.export.coreml_target import deployment_target
 from trainer.export.coreml_verify import (
     WEIGHT_THRESHOLD,
 )
-from trainer.export.manifest import atomic_output, size_bytes
+from trainer.export.manifest import size_bytes
 from trainer.export.settings import ExportSettings, palette_bits
 from trainer.export.torchscript import trace
+from trainer.utils.files import atomic_output
 
 INPUT_NAME = "image"
 LABEL_OUTPUT = "classLabel"

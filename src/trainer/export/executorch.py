@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from trainer.export.job import ExportJob
-from trainer.export.manifest import atomic_output
 from trainer.export.verify import Predict
+from trainer.utils.files import atomic_output
 from trainer.utils.native_output import native_output_to_log
 
 FILES = {"fp32": "model.pte", "int8": "model_int8.pte"}

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from trainer.export.manifest import write_text
+from trainer.utils.files import write_text
 
 LABELS_NAME = "labels.txt"
 CARD_NAME = "README.md"

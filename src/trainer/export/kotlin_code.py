@@ -10,7 +10,7 @@ from trainer.export.handoff import (
     LABELS_NAME,
     LITERT_DEPENDENCY,
 )
-from trainer.export.manifest import write_text
+from trainer.utils.files import write_text
 
 
 def _kotlin_resize(prep: DataConfig) -> str:

@@ -24,8 +24,8 @@ from torch import nn
 
 from trainer.export.job import ExportJob
 from trainer.export.litert_flatbuffer import float_io, signature, with_metadata
-from trainer.export.manifest import atomic_output
 from trainer.export.verify import Predict
+from trainer.utils.files import atomic_output
 from trainer.utils.native_output import native_output_to_log
 
 FILES = {"fp32": "model.tflite", "fp16": "model_fp16.tflite", "int8": "model_int8.tflite"}

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from trainer.utils.files import TMP_PREFIX, hash_file, remove, sha256_file, tree_files, write_text
-from trainer.utils.files import atomic_output as atomic_output  # the format modules still import it here
 
 log = logging.getLogger(__name__)
 

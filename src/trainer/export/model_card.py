@@ -20,7 +20,7 @@ from trainer.export.handoff import (
     tflite_model,
 )
 from trainer.export.job import MAX_INT8_TOP1_DROP
-from trainer.export.manifest import write_text
+from trainer.utils.files import write_text
 
 
 def _size(n: int) -> str:

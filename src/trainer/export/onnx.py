@@ -24,9 +24,9 @@ from torch import nn
 
 from trainer.data.data_config import DataConfig
 from trainer.export.job import ExportJob
-from trainer.export.manifest import TMP_PREFIX, atomic_output
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import Predict
+from trainer.utils.files import TMP_PREFIX, atomic_output
 
 log = logging.getLogger(__name__)
 

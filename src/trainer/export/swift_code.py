@@ -15,7 +15,7 @@ from trainer.export.handoff import (
     SWIFT_NAME,
     xcode_class_name,
 )
-from trainer.export.manifest import write_text
+from trainer.utils.files import write_text
 
 
 def _region_swift(prep: DataConfig) -> str:

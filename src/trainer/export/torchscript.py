@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from trainer.export.job import ExportJob
-from trainer.export.manifest import atomic_output
 from trainer.export.verify import Predict, torch_predictor
+from trainer.utils.files import atomic_output
 
 FP32_NAME = "model_torchscript.pt"
 LITE_NAME = "model_mobile.ptl"

@@ -41,9 +41,9 @@ from trainer.export.coreml_convert import (
     ImageNormalization,
     image_input,
 )
-from trainer.export.manifest import atomic_output
 from trainer.export.settings import ExportSettings
 from trainer.export.torchscript import trace
+from trainer.utils.files import atomic_output
 
 MODEL_NAME = "UpdatableClassifier.mlmodel"
 KINDS = ("knn", "head")

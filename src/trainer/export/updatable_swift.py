@@ -10,8 +10,8 @@ from pathlib import Path
 
 from trainer.export.coreml_convert import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT
 from trainer.export.handoff import UPDATABLE_SWIFT_NAME
-from trainer.export.manifest import write_text
 from trainer.export.updatable import MODEL_NAME, UPDATE_PARAMETERS
+from trainer.utils.files import write_text
 
 SWIFT_NAME = UPDATABLE_SWIFT_NAME
 COMPILED_NAME = "UpdatableClassifier.mlmodelc"
