@@ -105,7 +105,7 @@ def test_good_package_agrees_with_pytorch(packages: dict) -> None:
     predict = reference_predictor(packages["good"], classes=CLASSES[::-1], mean=MEAN, std=STD)
     assert np.abs(predict(inputs)[:, ::-1] - reference).max() < 1e-5, "columns follow the requested order"
     assert executor_problems(packages["good"], packages["model"]) == []
-    spec_kwargs = {"image_size": SIZE, "norm": NORM, "classes": CLASSES, "user_metadata_keys": []}
+    spec_kwargs = {"image_size": SIZE, "norm": NORM, "classes": CLASSES, "model_metadata_keys": []}
     assert coreml_spec.check_spec(packages["good"], **spec_kwargs) == []
 
 
@@ -114,7 +114,7 @@ def test_broken_packages_are_caught(packages: dict, broken: str) -> None:
     problems = executor_problems(packages[broken], packages["model"])
     assert any("max |output diff|" in p for p in problems), problems
     spec = coreml_spec.check_spec(
-        packages[broken], image_size=SIZE, norm=NORM, classes=CLASSES, user_metadata_keys=[]
+        packages[broken], image_size=SIZE, norm=NORM, classes=CLASSES, model_metadata_keys=[]
     )
     if broken == "channels swapped":
         assert any("scale/bias" in p for p in spec)

@@ -296,7 +296,7 @@ def test_coreml_spec(exported: dict) -> None:
         assert meta.userDefined["com.apple.coreml.model.preview.type"] == "imageClassifier"
         assert meta.userDefined["backbone"] == "mobilenet_v2" and meta.userDefined["config_hash"] == "c0ffee"
         assert json.loads(meta.userDefined["mean"]) == list(MEAN) and meta.userDefined["resolution"] == "64"
-        kwargs = {"image_size": SIZE, "user_metadata_keys": list(METADATA)}
+        kwargs = {"image_size": SIZE, "model_metadata_keys": list(METADATA)}
         assert coreml_spec.check_spec(package, norm=norm, classes=CLASSES, **kwargs) == []
         # the checker really reads labels and scale/bias: wrong expectations are reported
         wrong_order = coreml_spec.check_spec(package, norm=norm, classes=CLASSES[::-1], **kwargs)

@@ -149,7 +149,7 @@ def test_coreml_input_and_vision_region_reproduce_the_tensor(paths: dict) -> Non
     norm = coreml_convert.ImageNormalization.from_stats(data_config.mean, data_config.std)
     package = out / "ImageClassifier_fp16.mlpackage"
     assert not coreml_spec.check_spec(
-        package, image_size=SIZE, norm=norm, classes=CLASSES, user_metadata_keys=[]
+        package, image_size=SIZE, norm=norm, classes=CLASSES, model_metadata_keys=[]
     )
     # the pixels the val tensor came from, through the package's scale/bias and the correction
     pixels = np.rint(
@@ -231,7 +231,7 @@ def test_check_spec_reports_empty_author_and_license(paths: dict, tmp_path: Path
     model.save(str(broken))
     norm = coreml_convert.ImageNormalization.from_stats(paths["data_config"].mean, paths["data_config"].std)
     problems = coreml_spec.check_spec(
-        broken, image_size=SIZE, norm=norm, classes=CLASSES, user_metadata_keys=[]
+        broken, image_size=SIZE, norm=norm, classes=CLASSES, model_metadata_keys=[]
     )
     assert problems == ["metadata fields ['author', 'license'] are empty"]
 
