@@ -91,6 +91,27 @@ def test_channels_last_bf16_steps_really_run_so(tmp_path, tiny_folder):
         assert step["weight_dtype"] == torch.float32  # mixed precision: the master weights stay fp32
 
 
+def test_final_evaluation_measures_the_fp32_model_that_ships(tmp_path, tiny_folder):
+    """Validation during bf16 training runs under autocast; the evaluation metrics.json reports does not."""
+    overrides = [*TINY, "~logger", "dataset=folder", f"dataset.root={tiny_folder}"]
+    overrides.append("trainer.precision=bf16-mixed")
+    cfg = compose_config(overrides, str(tmp_path))
+    index = build_index(cfg.dataset)
+    classifier = build_classifier(cfg.model, index.num_classes)
+    data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
+    module = ClassifierModule(**run_record(cfg, index.classes, data_config), classifier=classifier)
+    datamodule = ImageDataModule.from_config(index, data_config, cfg)
+    trainer, _, _ = build_trainer(cfg, tmp_path)
+    conv = next(m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d))
+    dtypes: list[torch.dtype] = []
+    conv.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    for full_precision in (False, True):
+        dtypes.clear()
+        module.full_precision_eval = full_precision
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        assert set(dtypes) == {torch.float32 if full_precision else torch.bfloat16}
+
+
 def test_fp32_contiguous_settings_train_in_plain_nchw_fp32(tmp_path, tiny_folder):
     steps = fit_with_probe(tmp_path, tiny_folder, "memory_format=contiguous", "trainer.precision=32-true")
     for step in steps:

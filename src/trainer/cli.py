@@ -57,6 +57,7 @@ def export(cfg: DictConfig) -> None:
     from trainer.checks import check_export
     from trainer.console.summary import artifact_table
     from trainer.export.checkpoint import export_trained, load_checkpoint
+    from trainer.export.manifest import MANIFEST_NAME, failure_message
 
     def job(cfg: DictConfig) -> dict:
         check_export(cfg.export)
@@ -65,7 +66,7 @@ def export(cfg: DictConfig) -> None:
         manifest = export_trained(classifier, record, cfg.export, out_dir)
         log.info("%s", "\n".join([f"Exported to {out_dir}", *artifact_table(manifest)]))
         if manifest["errors"]:
-            raise RuntimeError(f"export failed for: {manifest['errors']} (see {out_dir / 'manifest.json'})")
+            raise RuntimeError(failure_message(manifest, out_dir / MANIFEST_NAME))
         return manifest
 
     exit_on_user_error(job, cfg)

@@ -122,3 +122,9 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
     path = out_dir / MANIFEST_NAME
     write_text(path, json.dumps(manifest, indent=2, default=str) + "\n")  # str(): numpy scalars in metadata
     return path
+
+
+def failure_message(manifest: dict[str, Any], path: Path) -> str:
+    """One line naming what failed to export (the errors themselves are in the log and `path`)."""
+    names = ", ".join(dict.fromkeys(error["artifact"] for error in manifest["errors"]))
+    return f"export failed for {names} (see {path})"

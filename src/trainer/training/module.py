@@ -7,6 +7,7 @@ nothing else.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,6 +71,9 @@ class ClassifierModule(L.LightningModule):
             classifier = build_classifier({**config["model"], "pretrained": False}, len(classes))
         self.classifier = classifier
         self.memory_format = memory_format
+        # The final evaluation measures what ships: the fp32 model, outside bf16/fp16 autocast (train.py's
+        # run sets this before it; every exported artifact is made from fp32 weights).
+        self.full_precision_eval = False
         self.model = classifier.model.to(memory_format=memory_format)
         self.classes = list(classes)
         self.optim_cfg = config["optim"]
@@ -132,7 +136,9 @@ class ClassifierModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self(x)
+        fp32 = torch.autocast(x.device.type, enabled=False) if self.full_precision_eval else nullcontext()
+        with fp32:
+            logits = self(x).float()
         self.val_loss.update(self.eval_loss(logits, y), weight=len(y))
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.val_metrics.update(logits, y)

@@ -25,6 +25,7 @@ from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
 from trainer.data.scan import drop_bad_images
 from trainer.export.checkpoint import CheckpointError, export_trained, read_checkpoint
+from trainer.export.manifest import MANIFEST_NAME, failure_message
 from trainer.export.settings import ExportSettings
 from trainer.models import build_classifier, count_macs, count_params
 from trainer.training.callbacks import (
@@ -164,6 +165,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = checkpoints.best_model_path
     saved = read_checkpoint(best)
     module.load_state_dict(saved["state_dict"])
+    module.full_precision_eval = True  # metrics.json reports the fp32 model the export ships
     values = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     evaluation = evaluation_results(module)  # every DDP process takes part in the gather
     trainer.strategy.barrier("evaluated")
@@ -210,7 +212,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json(run_dir / "metrics.json", metrics)
     log.info("%s", run_summary(metrics, run_dir, run_dir / "export", manifest))
     if manifest is not None and manifest["errors"]:
-        raise ExportError(f"export failed for: {manifest['errors']} (see {run_dir / 'export/manifest.json'})")
+        raise ExportError(failure_message(manifest, run_dir / "export" / MANIFEST_NAME))
     return metrics
 
 
