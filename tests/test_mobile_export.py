@@ -185,10 +185,28 @@ def test_kotlin_snippet_and_card(exported: dict) -> None:
         "* 72 / short",  # the eval Resize(72) of the shorter side
         "rint((bitmap.width - 64) / 2.0)",  # then CenterCrop(64), offsets rounded like torchvision
         "labels.txt",
+        "Do NOT normalize",
+        "bitmap.copy(Bitmap.Config.ARGB_8888, false)",  # getPixels throws on HARDWARE bitmaps
+        "fun classify(uri: Uri, topK: Int = 3)",  # photos decoded upright by their EXIF orientation
+        "decoder.allocator = ImageDecoder.ALLOCATOR_SOFTWARE",
+        "ExifInterface.ORIENTATION_TRANSVERSE",
+        "androidx.exifinterface:exifinterface:",
     ]:
         assert text in kotlin, text
+    assert "then (pixel / 255 - mean) / std" not in kotlin, "normalization is not a step the app takes"
+    for opening, closing in ["{}", "()", "[]"]:
+        assert kotlin.count(opening) == kotlin.count(closing), opening + closing
     card = (out / "README.md").read_text()
-    for text in ["## Using it on Android", "Classifier.kt", "NHWC", "## Quantization on these images"]:
+    for text in [
+        "## Using it on Android",
+        "Classifier.kt",
+        "NHWC",
+        "## Quantization on these images",
+        "Do NOT normalize them",
+        "plain bilinear without antialiasing",
+        "androidx.exifinterface:exifinterface:",
+        "classify(uri)",
+    ]:
         assert text in card, text
     assert "`model_int8.tflite`" in card and "`model_int8.pte`" in card
 
