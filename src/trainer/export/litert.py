@@ -32,7 +32,7 @@ from trainer.utils.native_output import native_output_to_log
 FILES = {"fp32": "model.tflite", "fp16": "model_fp16.tflite", "int8": "model_int8.tflite"}
 INT8_RECIPE = (
     "full-integer static PTQ (ai-edge-quantizer static_wi8_ai8): per-channel int8 weights, int8 activations, "
-    "min/max calibration; float32 input and output"
+    "min/max over all calibration images; float32 input and output"
 )
 RUNTIME = "ai-edge-litert interpreter (CPU, XNNPACK)"
 FP16_RECIPE = "float16 weights (ai-edge-quantizer float casting), float32 compute on CPU"
