@@ -118,6 +118,7 @@ def model_card(manifest: dict[str, Any]) -> str:
     prep = DataConfig.from_dict(manifest["preprocess"])
     meta = manifest.get("metadata", {})
     reasons = sorted({a["reason"] for a in manifest["artifacts"] if a.get("reason")})
+    tflite = tflite_model(manifest["artifacts"])
     lines = [
         f"# {meta.get('backbone', 'Image')} classifier",
         "",
@@ -143,7 +144,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         "(N, classes); apply softmax for probabilities.",
         *mobile_inputs(manifest),
         "",
-        *_preprocessing(prep, litert=tflite_model(manifest["artifacts"]) is not None),
+        *_preprocessing(prep, litert=tflite is not None),
         "## Artifacts",
         "",
         f"Measured on {manifest['val_images']} validation images; PyTorch itself scores "
@@ -183,7 +184,6 @@ def model_card(manifest: dict[str, Any]) -> str:
             "Xcode's model preview accepts dragged-in photos, but crops them its own way.",
             "",
         ]
-    tflite = tflite_model(manifest["artifacts"])
     if tflite:
         lines += android_usage(tflite)
     return "\n".join(lines)
