@@ -24,12 +24,11 @@ from trainer.export.coreml_verify import (
     gate,
     gate_problem,
     measure,
-    package_metadata,
     reference_predictor,
     weight_ratio_problems,
 )
 from trainer.export.settings import ExportSettings
-from trainer.export.verify import fp32_problems, softmax, torch_predictor
+from trainer.export.verify import fp32_problems, measured_metadata, softmax, torch_predictor
 
 SIZE = 32
 NORM = coreml_convert.ImageNormalization.from_stats(MEAN, STD)
@@ -156,8 +155,8 @@ def test_gates_and_own_metadata() -> None:
     ]
     assert gate("palettize6", {"top1_drop_vs_fp32": 1.0})["passed"]
     assert gate("palettize2", {"top1_drop_vs_fp32": 9.0}) is None
-    meta = package_metadata(
-        {"backbone": "x", "val_top1": 0.9, "val_loss": 0.3}, {"val_top1": 0.85, "top1_agreement": 0.95}
+    meta = measured_metadata(
+        {"backbone": "x", "val_top1": 0.9, "val_loss": 0.3}, {"val_top1": 0.85, "top1_agreement": 0.95}, "r"
     )
     assert meta["val_top1"] == 0.85 and meta["pytorch_val_top1"] == 0.9 and meta["pytorch_val_loss"] == 0.3
     assert meta["top1_agreement"] == 0.95 and meta["backbone"] == "x" and "val_loss" not in meta

@@ -7,6 +7,7 @@ extra the formats are skipped with the install command (test_absent_extra_is_ski
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from trainer.export.job import MAX_INT8_TOP1_DROP, ExportJob
 from trainer.export.pipeline import export_all
 from trainer.export.predict import predict_images
 from trainer.export.settings import ExportSettings
+from trainer.export.verify import OWN_FIGURES, load_inputs
 
 MOBILE = ["litert", "executorch"]
 MISSING = {name: FORMATS[name].missing() for name in MOBILE}
@@ -65,7 +67,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
         val_samples=val_samples,
         provenance=METADATA,
     )
-    return {"manifest": manifest, "out": root / "export", "model": model, "val": val_samples}
+    calibration = [p for p, _ in train_samples]
+    return {
+        "manifest": manifest,
+        "out": root / "export",
+        "model": model,
+        "val": val_samples,
+        "calibration": calibration,
+    }
 
 
 def test_every_precision_is_exported_and_listed(exported: dict) -> None:
@@ -108,6 +117,27 @@ def test_quantized_copies_are_smaller_and_within_the_gate(exported: dict) -> Non
     assert entry(manifest, "model_int8.tflite")["calibration_images"] == 48
 
 
+def test_int8_tflite_output_range_covers_the_fp32_logits(exported: dict) -> None:
+    """The int8 output tensor (before the float DEQUANTIZE) can hold every logit the fp32 model gives on the
+    calibration images: calibrated with a moving average of per-image ranges, it clipped real photos'
+    logits to about half their range and capped the confidences (issue #11)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    inputs, _, _ = load_inputs(exported["calibration"], DATA_CONFIG)
+    logits = litert.litert_predictor(exported["out"] / "model.tflite", MEAN, STD, 1)(inputs)
+    int8 = Interpreter(model_path=str(exported["out"] / "model_int8.tflite"))
+    (output,) = int8.get_output_details()
+    details = {d["name"]: d for d in int8.get_tensor_details()}
+    scale, zero_point = details[output["name"] + "_int8"]["quantization"]
+    low, high = (-128 - zero_point) * scale, (127 - zero_point) * scale
+    assert low - scale <= logits.min() and logits.max() <= high + scale, (
+        low,
+        high,
+        logits.min(),
+        logits.max(),
+    )
+
+
 def test_tflite_interface_and_metadata(exported: dict) -> None:
     """Run directly with the LiteRT interpreter as the app does: float NHWC raw pixels in (int8 too), logits
     out; the fp32 logits are PyTorch's on the same image. Classes and mean/std are in the metadata."""
@@ -134,6 +164,12 @@ def test_tflite_interface_and_metadata(exported: dict) -> None:
             metadata["classes"] == CLASSES and metadata["mean"] == list(MEAN) and metadata["std"] == list(STD)
         )
         assert metadata["backbone"] == "mobilenet_v2" and metadata["precision"] in name.replace(".", "_fp32.")
+        figures = entry(exported["manifest"], name)  # its own figures, measured before they were written
+        for key in OWN_FIGURES:
+            assert metadata.get(key) == figures.get(key), (name, key)
+        assert metadata["pytorch_val_top1"] == METADATA["val_top1"], name
+        assert metadata["measured_by"] == litert.RUNTIME, name
+        assert figures["sha256"] == hashlib.sha256((exported["out"] / name).read_bytes()).hexdigest()
     int8 = Interpreter(model_path=str(exported["out"] / "model_int8.tflite"))
     assert np.int8 in {d["dtype"] for d in int8.get_tensor_details()}, "int8 weights and activations inside"
 
@@ -149,10 +185,28 @@ def test_kotlin_snippet_and_card(exported: dict) -> None:
         "* 72 / short",  # the eval Resize(72) of the shorter side
         "rint((bitmap.width - 64) / 2.0)",  # then CenterCrop(64), offsets rounded like torchvision
         "labels.txt",
+        "Do NOT normalize",
+        "bitmap.copy(Bitmap.Config.ARGB_8888, false)",  # getPixels throws on HARDWARE bitmaps
+        "fun classify(uri: Uri, topK: Int = 3)",  # photos decoded upright by their EXIF orientation
+        "decoder.allocator = ImageDecoder.ALLOCATOR_SOFTWARE",
+        "ExifInterface.ORIENTATION_TRANSVERSE",
+        "androidx.exifinterface:exifinterface:",
     ]:
         assert text in kotlin, text
+    assert "then (pixel / 255 - mean) / std" not in kotlin, "normalization is not a step the app takes"
+    for opening, closing in ["{}", "()", "[]"]:
+        assert kotlin.count(opening) == kotlin.count(closing), opening + closing
     card = (out / "README.md").read_text()
-    for text in ["## Using it on Android", "Classifier.kt", "NHWC", "## Quantization on these images"]:
+    for text in [
+        "## Using it on Android",
+        "Classifier.kt",
+        "NHWC",
+        "## Quantization on these images",
+        "Do NOT normalize them",
+        "plain bilinear without antialiasing",
+        "androidx.exifinterface:exifinterface:",
+        "classify(uri)",
+    ]:
         assert text in card, text
     assert "`model_int8.tflite`" in card and "`model_int8.pte`" in card
 

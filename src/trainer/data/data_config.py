@@ -115,14 +115,18 @@ class DataConfig:
 
     def describe(self) -> str:
         """One sentence for the model card and ONNX metadata readers."""
+        return (
+            f"{self.describe_geometry()}, then (pixel / 255 - mean) / std with mean {list(self.mean)} and "
+            f"std {list(self.std)}"
+        )
+
+    def describe_geometry(self) -> str:
+        """The resize and crop alone: what an app does for a model that normalizes the pixels itself."""
         if self.crop_mode == "squash":
             resize = f"resize both sides to {self.resize_size} px ({self.interpolation})"
         else:
             resize = f"resize the shorter side to {self.resize_size} px ({self.interpolation}, same aspect)"
-        return (
-            f"{resize}, center crop {self.size}x{self.size}, then (pixel / 255 - mean) / std with mean "
-            f"{list(self.mean)} and std {list(self.std)}"
-        )
+        return f"{resize}, center crop {self.size}x{self.size}"
 
 
 def data_config_from_record(record: Mapping[str, Any]) -> DataConfig:

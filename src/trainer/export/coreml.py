@@ -30,18 +30,18 @@ from trainer.export.coreml_convert import (
 from trainer.export.coreml_spec import check_spec
 from trainer.export.coreml_target import w8a8_skip_reason
 from trainer.export.coreml_verify import (
+    RUNTIME,
     compressed_bits,
     gate,
     gate_problem,
     measure,
-    package_metadata,
     pixel_arrays,
     reference_predictor,
     weight_ratio_problems,
 )
 from trainer.export.formats import RuntimeUnavailable
 from trainer.export.job import ExportJob
-from trainer.export.verify import Predict, evaluate, fp32_problems, softmax, top1
+from trainer.export.verify import Predict, evaluate, fp32_problems, measured_metadata, softmax, top1
 
 NOT_MACOS_REASON = f"Core ML runs models only on macOS (MLModel.predict); this is {sys.platform}"
 CLASSIFIER_STEM = "ImageClassifier"
@@ -121,7 +121,7 @@ def export(job: ExportJob) -> None:
                 extra.update(weights_ratio_vs_fp16=round(ratio, 4), weights_ratio_expected=round(expected, 4))
                 job.fail(name, [f"{name}: {p}" for p in problems])
             stats = verify(job, name, variant, path, job.classes, softmax(job.reference))
-            metadata = package_metadata(job.model_metadata, stats)
+            metadata = measured_metadata(job.model_metadata, stats, RUNTIME)
             save(mlmodel, path, settings=job.settings, model_metadata=metadata, classifier=True)
             job.add(path, format="coreml", precision=variant, **extra, **stats)
             job.fail(name, _check_saved(job, path, norm, job.classes, metadata))

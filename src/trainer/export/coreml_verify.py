@@ -109,14 +109,6 @@ def gate_problem(name: str, check: dict[str, Any] | None) -> list[str]:
     return [f"{name}: failed check {check['rule']}: measured {check['value']}"]
 
 
-def package_metadata(model_metadata: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
-    """The metadata a measured package carries: its own val figures, PyTorch's renamed `pytorch_val_*`."""
-    own = {key: stats.get(key) for key in ("val_top1", "top1_agreement", "top1_drop_vs_fp32")}
-    pytorch = {f"pytorch_{k}": v for k, v in model_metadata.items() if k.startswith("val_")}
-    rest = {k: v for k, v in model_metadata.items() if not k.startswith("val_")}
-    return {**rest, **pytorch, **{k: v for k, v in own.items() if v is not None}, "measured_by": RUNTIME}
-
-
 def compressed_bits(variant: str) -> int | None:
     """Bits per compressed weight of a variant (None: not a weight-compression variant)."""
     return 8 if variant in ("int8", "w8a8") else palette_bits(variant)

@@ -15,6 +15,7 @@ CARD_NAME = "README.md"
 SWIFT_NAME = "Classifier.swift"
 KOTLIN_NAME = "Classifier.kt"
 LITERT_DEPENDENCY = "com.google.ai.edge.litert:litert:1.4.1"  # the Interpreter API, minSdk 21
+EXIFINTERFACE_DEPENDENCY = "androidx.exifinterface:exifinterface:1.3.7"  # EXIF orientation below API 28
 UPDATABLE_SWIFT_NAME = "UpdatableClassifier.swift"
 SIMULATION_NOTE = "the extractor's layers from the spec, then the k-NN rule or SGD step in numpy"
 

@@ -24,15 +24,17 @@ from torch import nn
 
 from trainer.export.job import ExportJob
 from trainer.export.litert_flatbuffer import float_io, signature, with_metadata
-from trainer.export.verify import Predict
+from trainer.export.manifest import sha256, size_bytes
+from trainer.export.verify import Predict, measured_metadata
 from trainer.utils.files import atomic_output
 from trainer.utils.native_output import native_output_to_log
 
 FILES = {"fp32": "model.tflite", "fp16": "model_fp16.tflite", "int8": "model_int8.tflite"}
 INT8_RECIPE = (
     "full-integer static PTQ (ai-edge-quantizer static_wi8_ai8): per-channel int8 weights, int8 activations, "
-    "min/max calibration; float32 input and output"
+    "min/max over all calibration images; float32 input and output"
 )
+RUNTIME = "ai-edge-litert interpreter (CPU, XNNPACK)"
 FP16_RECIPE = "float16 weights (ai-edge-quantizer float casting), float32 compute on CPU"
 INPUT = "float32 NHWC (1, S, S, 3) RGB pixels 0-255; the normalization (pixel/255 - mean)/std is inside"
 
@@ -68,9 +70,10 @@ def export(job: ExportJob) -> None:
     fp32_bytes, fp32_outputs = None, None
     with job.guard("litert_fp32"):
         fp32_bytes = _convert(PixelsNHWC(job.model, job.mean, job.std).eval(), job.image_size)
-        _write(job, path, fp32_bytes, "fp32")
+        _write(job, path, fp32_bytes, {"precision": "fp32"})
         entry = job.add(path, format="litert", precision="fp32", input=INPUT)
         fp32_outputs = job.verify(entry, _predictor(path, job), job.reference, fp32=True)
+        _rewrite_measured(job, entry, path, fp32_bytes)
     for precision, wanted in (("fp16", job.settings.litert.fp16), ("int8", job.settings.litert.int8)):
         if wanted and (fp32_bytes is None or fp32_outputs is None):
             job.skip(f"litert_{precision}", "the LiteRT fp32 export failed")
@@ -83,11 +86,13 @@ def _quantized(job: ExportJob, precision: str, fp32_bytes: bytes, fp32_outputs: 
     """model_fp16.tflite or model_int8.tflite, run on the val images and compared with the fp32 model."""
     path = job.out_dir / FILES[precision]
     if precision == "fp16":
-        _write(job, path, _fp16(fp32_bytes), precision)
+        model_bytes = _fp16(fp32_bytes)
+        _write(job, path, model_bytes, {"precision": precision})
         entry = job.add(path, format="litert", precision=precision, quantization=FP16_RECIPE, input=INPUT)
     else:
         pixels = to_pixels(job.calibration, job.mean, job.std)
-        _write(job, path, _int8(fp32_bytes, pixels), precision)
+        model_bytes = _int8(fp32_bytes, pixels)
+        _write(job, path, model_bytes, {"precision": precision})
         entry = job.add(
             path,
             format="litert",
@@ -98,6 +103,7 @@ def _quantized(job: ExportJob, precision: str, fp32_bytes: bytes, fp32_outputs: 
         )
     outputs = job.verify(entry, _predictor(path, job), job.reference)
     job.compare_with_fp32(f"litert_{precision}", entry, fp32_outputs, outputs)
+    _rewrite_measured(job, entry, path, model_bytes)
 
 
 def load(path: Path, manifest: dict[str, Any]) -> Predict:
@@ -131,15 +137,19 @@ def _predictor(path: Path, job: ExportJob) -> Predict:
     return litert_predictor(path, job.mean, job.std, job.threads)
 
 
-def _metadata(job: ExportJob) -> dict[str, Any]:
-    return {
+def _metadata(job: ExportJob, entry: dict[str, Any]) -> dict[str, Any]:
+    """What the .tflite stores: classes, normalization, layout, and the artifact's own figures in `entry`
+    (none until it is verified), never PyTorch's accuracy as its own."""
+    model_metadata = {
         "classes": job.classes,
         "mean": list(job.mean),
         "std": list(job.std),
         "input": INPUT,
         "output": "float32 (1, classes) logits; apply softmax for probabilities",
         **{k: v for k, v in job.model_metadata.items() if k not in ("mean", "std")},
+        "precision": entry["precision"],
     }
+    return measured_metadata(model_metadata, entry, RUNTIME)
 
 
 def _convert(module: nn.Module, image_size: int) -> bytes:
@@ -172,16 +182,26 @@ def _fp16(fp32_bytes: bytes) -> bytes:
 
 
 def _int8(fp32_bytes: bytes, pixels: np.ndarray) -> bytes:
-    """Full-integer int8 copy, calibrated on NHWC `pixels`, with float32 input and output kept."""
+    """Full-integer int8 copy, calibrated on NHWC `pixels`, with float32 input and output kept.
+
+    Each tensor's range is the min/max over all images (as TFLite's own converter calibrates): one
+    `calibrate` call over all of them would smooth the ranges with a moving average (ai-edge-quantizer's
+    default, not settable through `Quantizer`), which clipped the fine-tuned MobileNetV2's logits to about
+    half their range. So every image is calibrated alone and the ranges are merged with `min_max_update`.
+    """
     from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer.utils.qsv_utils import min_max_update
 
     if not len(pixels):
         raise ValueError("no readable calibration images for int8 quantization")
     q = quantizer.Quantizer(bytearray(fp32_bytes), recipe.static_wi8_ai8())
     (name, (input_name, _)) = next(iter(signature(fp32_bytes).items()))
-    samples = {name: [{input_name: p[None]} for p in pixels]}
+    ranges: dict[str, Any] = {}
     with _quiet("ai-edge-quantizer"):
-        quantized = q.quantize(q.calibrate(samples)).quantized_model
+        for image in pixels:
+            for tensor, qsv in q.calibrate({name: [{input_name: image[None]}]}).items():
+                ranges[tensor] = min_max_update(ranges.get(tensor, {}), qsv)
+        quantized = q.quantize(ranges).quantized_model
     return float_io(bytes(quantized))
 
 
@@ -194,6 +214,12 @@ def _quiet(what: str) -> Iterator[None]:
         yield
 
 
-def _write(job: ExportJob, path: Path, model_bytes: bytes, precision: str) -> None:
+def _write(job: ExportJob, path: Path, model_bytes: bytes, entry: dict[str, Any]) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_bytes(with_metadata(model_bytes, {**_metadata(job), "precision": precision}))
+        tmp.write_bytes(with_metadata(model_bytes, _metadata(job, entry)))
+
+
+def _rewrite_measured(job: ExportJob, entry: dict[str, Any], path: Path, model_bytes: bytes) -> None:
+    """Write the verified model again with its figures in its metadata; its size and hash change."""
+    _write(job, path, model_bytes, entry)
+    entry.update(size_bytes=size_bytes(path), sha256=sha256(path))

@@ -7,12 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.data_config import DataConfig
+from trainer.export.android_card import android_usage, litert_preprocessing, mobile_inputs
 from trainer.export.confidence import accuracy_text
 from trainer.export.handoff import (
     CARD_NAME,
-    KOTLIN_NAME,
-    LABELS_NAME,
-    LITERT_DEPENDENCY,
     SIMULATION_NOTE,
     SWIFT_NAME,
     UPDATABLE_SWIFT_NAME,
@@ -56,7 +54,7 @@ def _artifact_rows(manifest: dict[str, Any]) -> list[str]:
     return rows
 
 
-def _preprocessing(prep: DataConfig) -> list[str]:
+def _preprocessing(prep: DataConfig, *, litert: bool) -> list[str]:
     """The measured preprocessing, and how the app reproduces it (the choice, stated for the developer)."""
     if prep.crop_mode == "squash":
         region = f"the centred {prep.crop_fraction:.4f} of the upright image's width and height"
@@ -79,6 +77,7 @@ def _preprocessing(prep: DataConfig) -> list[str]:
         "slightly, the region and the normalization do not.",
         "- **ONNX / TorchScript**: apply exactly these steps; `preprocess` in `manifest.json` (and in the "
         "ONNX files' metadata) holds them as data.",
+        *(litert_preprocessing(prep) if litert else []),
         "",
     ]
 
@@ -119,6 +118,7 @@ def model_card(manifest: dict[str, Any]) -> str:
     prep = DataConfig.from_dict(manifest["preprocess"])
     meta = manifest.get("metadata", {})
     reasons = sorted({a["reason"] for a in manifest["artifacts"] if a.get("reason")})
+    tflite = tflite_model(manifest["artifacts"])
     lines = [
         f"# {meta.get('backbone', 'Image')} classifier",
         "",
@@ -142,9 +142,9 @@ def model_card(manifest: dict[str, Any]) -> str:
         f"- **ONNX / TorchScript**: float32 tensor `image` of shape (N, 3, {size}, {size}), RGB, "
         f"(pixel / 255 - mean) / std with mean {list(prep.mean)} and std {list(prep.std)}. Output `logits` "
         "(N, classes); apply softmax for probabilities.",
-        *_mobile_inputs(manifest),
+        *mobile_inputs(manifest),
         "",
-        *_preprocessing(prep),
+        *_preprocessing(prep, litert=tflite is not None),
         "## Artifacts",
         "",
         f"Measured on {manifest['val_images']} validation images; PyTorch itself scores "
@@ -184,37 +184,9 @@ def model_card(manifest: dict[str, Any]) -> str:
             "Xcode's model preview accepts dragged-in photos, but crops them its own way.",
             "",
         ]
-    tflite = tflite_model(manifest["artifacts"])
     if tflite:
-        lines += [
-            "## Using it on Android",
-            "",
-            f"Put `{tflite}` and `{LABELS_NAME}` in `app/src/main/assets`, add "
-            f'`implementation("{LITERT_DEPENDENCY}")` and `{KOTLIN_NAME}`, then '
-            "`Classifier(context).classify(bitmap)` returns the top classes with confidences. It resizes and "
-            "centre-crops the bitmap as measured above and passes raw RGB values; the smaller "
-            "`model_fp16.tflite` and `model_int8.tflite` (sizes and accuracy above) take the same input.",
-            "",
-        ]
+        lines += android_usage(tflite)
     return "\n".join(lines)
-
-
-def _mobile_inputs(manifest: dict[str, Any]) -> list[str]:
-    """The input bullets of the Android formats, for those exported."""
-    size, formats = manifest["image_size"], {a["format"] for a in manifest["artifacts"]}
-    lines = []
-    if "litert" in formats:
-        lines.append(
-            f"- **LiteRT** (`.tflite`, all precisions alike): float32 (1, {size}, {size}, 3) NHWC, RGB, raw "
-            "0-255 values: the normalization is built into the model. Output (1, classes) logits. The "
-            "classes and mean/std are also in the model's metadata (entry `trainer`, JSON)."
-        )
-    if "executorch" in formats:
-        lines.append(
-            f"- **ExecuTorch** (`.pte`, XNNPACK delegate): float32 (1, 3, {size}, {size}) NCHW, normalized "
-            "as for ONNX. Output (1, classes) logits."
-        )
-    return lines
 
 
 def _quantization_lines(manifest: dict[str, Any]) -> list[str]:

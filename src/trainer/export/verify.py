@@ -26,6 +26,7 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 MIN_TOP1_AGREEMENT = 0.995  # fp32 artifacts must pick PyTorch's top-1 class on at least this share of images
 FP32_RELATIVE_TOLERANCE = 1e-3  # ... and stay within this fraction of the largest |output| (at least 1)
+OWN_FIGURES = ("val_top1", "top1_agreement", "top1_agreement_vs_fp32", "top1_drop_vs_fp32")
 
 
 def load_inputs(paths: Sequence[str], data_config: DataConfig) -> tuple[np.ndarray, list[int], list[str]]:
@@ -116,6 +117,17 @@ def fp32_problems(name: str, stats: dict[str, Any], reference: np.ndarray) -> li
         if stats["max_abs_diff"] > tolerance:
             problems.append(f"{name}: max |output diff| {stats['max_abs_diff']:.3g} exceeds {tolerance:.3g}")
     return problems
+
+
+def measured_metadata(
+    model_metadata: dict[str, Any], stats: dict[str, Any], measured_by: str
+) -> dict[str, Any]:
+    """The metadata a verified artifact carries: its own val figures (an int8 copy must not repeat PyTorch's
+    accuracy as its own), PyTorch's renamed `pytorch_val_*`, and the runtime that measured them."""
+    own = {key: stats.get(key) for key in OWN_FIGURES}
+    pytorch = {f"pytorch_{k}": v for k, v in model_metadata.items() if k.startswith("val_")}
+    rest = {k: v for k, v in model_metadata.items() if not k.startswith("val_")}
+    return {**rest, **pytorch, **{k: v for k, v in own.items() if v is not None}, "measured_by": measured_by}
 
 
 def latency_ms(predict: Predict, sample: np.ndarray, runs: int, warmup: int) -> float:
