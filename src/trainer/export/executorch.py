@@ -37,10 +37,8 @@ def export(job: ExportJob) -> None:
         _write(path, _lower(torch.export.export(job.model, example)))
         entry = job.add(path, format="executorch", precision="fp32", delegate="XNNPACK", input=INPUT)
         fp32_outputs = job.verify(entry, executorch_predictor(path, job.threads), job.reference, fp32=True)
-    if not job.settings.executorch.int8:
-        return
-    if fp32_outputs is None:
-        job.skip("executorch_int8", "the ExecuTorch fp32 export failed")
+    made = fp32_outputs is not None
+    if not job.copy_of_fp32("executorch_int8", job.settings.executorch.int8, made, "ExecuTorch"):
         return
     with job.guard("executorch_int8"):
         path = job.out_dir / FILES["int8"]

@@ -107,6 +107,13 @@ class ExportJob:
         entry.update(stats)
         return outputs
 
+    def copy_of_fp32(self, name: str, wanted: bool, fp32_made: bool, fmt: str) -> bool:
+        """Whether to make `name`, a smaller copy of its format's fp32 artifact: when wanted and the fp32 one
+        was made (a wanted copy of a failed fp32 export is listed as skipped)."""
+        if wanted and not fp32_made:
+            self.skip(name, f"the {fmt} fp32 export failed")
+        return wanted and fp32_made
+
     def compare_with_fp32(self, what: str, entry: dict, fp32: np.ndarray, outputs: np.ndarray) -> None:
         """Agreement with, and top-1 drop against, the outputs `fp32` of the fp32 artifact this copies;
         a drop above MAX_INT8_TOP1_DROP points is a warning."""

@@ -75,9 +75,8 @@ def export(job: ExportJob) -> None:
         fp32_outputs = job.verify(entry, _predictor(path, job), job.reference, fp32=True)
         _rewrite_measured(job, entry, path, fp32_bytes)
     for precision, wanted in (("fp16", job.settings.litert.fp16), ("int8", job.settings.litert.int8)):
-        if wanted and (fp32_bytes is None or fp32_outputs is None):
-            job.skip(f"litert_{precision}", "the LiteRT fp32 export failed")
-        elif wanted:
+        made = fp32_bytes is not None and fp32_outputs is not None
+        if job.copy_of_fp32(f"litert_{precision}", wanted, made, "LiteRT"):
             with job.guard(f"litert_{precision}"):
                 _quantized(job, precision, fp32_bytes, fp32_outputs)
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from trainer.utils.files import TMP_PREFIX, hash_file, remove, sha256_file, tree_files, write_text
+from trainer.utils.files import TMP_PREFIX, hash_file, remove, sha256_file, swap_in, tree_files, write_text
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,7 @@ def staged_folder(final: Path) -> Iterator[Path]:
     try:
         yield work
         if final.exists() or final.is_symlink():
-            aside = final.with_name(f"{stem}old-{token}")
-            os.replace(final, aside)
-            os.replace(work, final)
-            remove(aside)
+            swap_in(work, final, final.with_name(f"{stem}old-{token}"))
         else:
             os.replace(work, final)
     except BaseException:

@@ -201,10 +201,7 @@ def export(job: ExportJob) -> None:
         info = export_onnx(job.model, job.example, path, opset=job.settings.onnx.opset, metadata=metadata)
         entry = job.add(path, format="onnx", precision="fp32", **info)
         fp32_outputs = job.verify(entry, onnx_predictor(path, job.threads), job.reference, fp32=True)
-    if not job.settings.onnx.int8:
-        return
-    if fp32_outputs is None:
-        job.skip("onnx_int8", "the ONNX fp32 export failed")
+    if not job.copy_of_fp32("onnx_int8", job.settings.onnx.int8, fp32_outputs is not None, "ONNX"):
         return
     with job.guard("onnx_int8"):
         int8_path = job.out_dir / INT8_NAME

@@ -43,6 +43,14 @@ def _fsync(path: Path) -> None:
             os.fsync(handle.fileno())
 
 
+def swap_in(new: Path, final: Path, aside: Path) -> None:
+    """Put `new` where `final` is: os.replace cannot replace a non-empty folder, so `final` moves to `aside`
+    first and is removed once `new` is in place."""
+    os.replace(final, aside)
+    os.replace(new, final)
+    remove(aside)
+
+
 @contextmanager
 def atomic_output(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final` (same suffix); publish it as `final` only if the block succeeds.
@@ -59,10 +67,7 @@ def atomic_output(final: Path) -> Iterator[Path]:
             raise FileNotFoundError(f"the writer produced nothing at {tmp}")
         _fsync(tmp)
         if final.is_dir() and not final.is_symlink():
-            aside = final.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-old-{final.name}")
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            remove(aside)
+            swap_in(tmp, final, final.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-old-{final.name}"))
         else:
             os.replace(tmp, final)
     except BaseException:
