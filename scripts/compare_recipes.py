@@ -1,14 +1,16 @@
 """Compare fine-tuning recipes at small budgets, beside the plain torchvision recipe, on the same split.
 
-  python scripts/compare_recipes.py --out docs/recipes.jsonl --sizes 128 --epochs 3 --seeds 0 1 \
-      --recipes defaults plain scale_0.35 -- dataset=folder dataset.root=../shared/data/hymenoptera \
+  python scripts/compare_recipes.py --out docs/recipes.jsonl --sizes 128 --epochs 3 --seeds 0 1 2 \
+      --resplit 0.5 --recipes defaults no_linear_probe plain -- dataset=folder \
+      dataset.root=../shared/data/hymenoptera \
       model=mobilenet_v2 model.pretrained=../shared/weights/mobilenet_v2_imagenet_tv.pth
   python scripts/compare_recipes.py --out docs/recipes.jsonl --table     # the markdown table of what ran
 
 Each run is `train.py` with the recipe's overrides (one thread, in-process loading, fixed seed, no export),
-scored by val top-1 after the last epoch (no picking the best epoch on val). Results append to `--out` as
-JSON lines, so an interrupted comparison resumes where it stopped. The 95% interval is Wilson's, over every
-val prediction of the recipe's seeds.
+scored by val top-1 after the last epoch (no picking the best epoch on val). With `--resplit F` each seed
+also draws a new stratified split of the folder's photos (a fraction F for val), and every recipe of that
+seed trains on it. Results append to `--out` as JSON lines, so an interrupted comparison resumes where it
+stopped. The 95% interval is Wilson's, over every val prediction of the recipe's seeds.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 
 from trainer.cli import compose_config
 from trainer.data.index import build_index
+from trainer.data.sources.folder import index_class_folders, stratified_split
 from trainer.models import build_classifier
 from trainer.training.plain_recipe import split_folder_root, train_plain
 from trainer.training.run import train
@@ -53,6 +56,7 @@ RECIPES: dict[str, list[str]] = {
     "freeze_bn": ["finetune.freeze_bn=true"],
     "lr_3e-3": ["optim.lr=3e-3"],
     "lr_5e-4": ["optim.lr=5e-4"],
+    "no_linear_probe+lr_3e-4": ["finetune.linear_probe=false", "optim.lr=3e-4"],
     "dropout_0": ["model.dropout=0.0"],
     "dropout_0.5": ["model.dropout=0.5"],
     "color_jitter": ["augment.color_jitter=0.4"],
@@ -64,6 +68,14 @@ RECIPES: dict[str, list[str]] = {
     "backbone_lr_0.2+scale_0.35": ["finetune.backbone_lr_mult=0.2", "augment.scale=[0.35,1.0]"],
     "ema_0.9": ["finetune.ema_decay=0.9"],
     "fp32": ["trainer.precision=32-true", "memory_format=contiguous"],
+    "no_linear_probe": ["finetune.linear_probe=false"],
+    "lp+lr_x1": ["finetune.probed_lr_mult=1.0"],
+    "lp+lr_x0.5": ["finetune.probed_lr_mult=0.5"],
+    "lp+lr_x0.1": ["finetune.probed_lr_mult=0.1"],
+    "lp+backbone_lr_0.5": ["finetune.backbone_lr_mult=0.5"],
+    "lp+freeze_bn": ["finetune.freeze_bn=true"],
+    "lp+no_smoothing": ["augment.label_smoothing=0.0"],
+    "lp+scale_0.35": ["augment.scale=[0.35,1.0]"],
 }
 
 
@@ -73,7 +85,36 @@ def top1_per_epoch(run_dir: Path, epochs: int) -> list[float]:
         return [float(row["val/top1"]) for row in csv.DictReader(f) if row.get("val/top1")][:epochs]
 
 
-def run_recipe(name: str, base: list[str], size: int, epochs: int, seed: int) -> dict:
+def resplit_folder(root: Path, val_fraction: float, seed: int, out: Path) -> Path:
+    """OUT/train/<class>/ + OUT/val/<class>/ (symlinks): ROOT's train and val photos pooled per class and
+    split again, stratified, by `seed`. One fixed val split of a small photo set is a noisy yardstick;
+    seeds that are also new splits average that noise out."""
+    pooled: dict[str, list[str]] = defaultdict(list)
+    for part in ("train", "val"):
+        for name, paths in index_class_folders(root / part).items():
+            pooled[name] += paths
+    train, val = stratified_split(pooled, val_fraction, seed, root)
+    classes = sorted(pooled)
+    for part, samples in (("train", train), ("val", val)):
+        for i, (path, label) in enumerate(samples):
+            link = out / part / classes[label] / f"{i:05d}_{Path(path).name}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path(path).resolve())
+    return out
+
+
+def run_recipe(name: str, base: list[str], size: int, epochs: int, seed: int, resplit: float | None) -> dict:
+    given = base
+    with tempfile.TemporaryDirectory() as split:
+        if resplit:
+            root = Path(next(o.split("=", 1)[1] for o in base if o.startswith("dataset.root=")))
+            here = resplit_folder(root, resplit, seed, Path(split))
+            base = [o for o in base if not o.startswith("dataset.root=")] + [f"dataset.root={here}"]
+        row = run_in(name, base, size, epochs, seed)
+    return {**row, "base": given, "resplit": resplit}
+
+
+def run_in(name: str, base: list[str], size: int, epochs: int, seed: int) -> dict:
     common = [*base, f"dataset.image_size={size}", f"trainer.max_epochs={epochs}", f"seed={seed}"]
     common += ["threads=1", "dataset.num_workers=0", "export.enabled=false", "logger=csv"]
     with tempfile.TemporaryDirectory() as out:
@@ -120,7 +161,8 @@ def table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         data = next((o.split("=", 1)[1] for o in r["base"] if o.startswith("dataset.root=")), "demo")
-        groups[(Path(data).name, r["image_size"], r["epochs"], r["recipe"])].append(r)
+        data = Path(data).name + (f" (resplit {r['resplit']})" if r.get("resplit") else "")
+        groups[(data, r["image_size"], r["epochs"], r["recipe"])].append(r)
     lines = [
         "| data | px | epochs | recipe | val top-1 (mean) | seeds | per seed | 95% interval | vs plain |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -152,6 +194,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[128])
     parser.add_argument("--epochs", nargs="+", type=int, default=[3])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--resplit",
+        type=float,
+        metavar="VAL_FRACTION",
+        help="pool dataset.root's train and val photos and split them anew for each seed",
+    )
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     parser.add_argument("base", nargs="*", help="train.py overrides shared by every recipe")
     args = parser.parse_args(argv)
@@ -159,14 +207,17 @@ def main(argv: list[str]) -> None:
     if args.table:
         print(table(done))
         return
-    seen = {(r["recipe"], tuple(r["base"]), r["image_size"], r["epochs"], r["seed"]) for r in done}
+    seen = {
+        (r["recipe"], tuple(r["base"]), r["image_size"], r["epochs"], r["seed"], r.get("resplit"))
+        for r in done
+    }
     for size in args.sizes:
         for epochs in args.epochs:
             for seed in args.seeds:
                 for name in args.recipes:
-                    if (name, tuple(args.base), size, epochs, seed) in seen:
+                    if (name, tuple(args.base), size, epochs, seed, args.resplit) in seen:
                         continue
-                    row = run_recipe(name, args.base, size, epochs, seed)
+                    row = run_recipe(name, args.base, size, epochs, seed, args.resplit)
                     print(json.dumps(row), flush=True)
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")

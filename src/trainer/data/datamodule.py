@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -175,9 +176,30 @@ class ImageDataModule(L.LightningDataModule):
         train = ImageListDataset(self.index.train, self.train_tf, self.train_min_side, self.decoded("train"))
         return self._loader(train, shuffle=True)
 
+    def probe_dataloader(self, images_per_class: int) -> DataLoader:
+        """Up to `images_per_class` train images of each class with the eval transform (no augmentation),
+        in order: what a linear probe of the pretrained features fits the new head on."""
+        keep = balanced_subset([label for _, label in self.index.train], images_per_class)
+        decoded = self.decoded("train")
+        samples = [self.index.train[i] for i in keep]
+        images = [decoded[i] for i in keep] if decoded else None
+        probe = ImageListDataset(samples, self.eval_tf, self.eval_min_side, images)
+        return self._loader(probe, shuffle=False)
+
     def val_dataloader(self) -> DataLoader:
         val = ImageListDataset(self.index.val, self.eval_tf, self.eval_min_side, self.decoded("val"))
         return self._loader(val, shuffle=False, sampler=unpadded_sampler(val))
+
+
+def balanced_subset(labels: list[int], per_class: int) -> list[int]:
+    """Indices of at most `per_class` samples of each class, in order (a probe needs no more)."""
+    seen: dict[int, int] = defaultdict(int)
+    keep = []
+    for i, label in enumerate(labels):
+        if seen[label] < per_class:
+            seen[label] += 1
+            keep.append(i)
+    return keep
 
 
 def unpadded_sampler(dataset: Dataset) -> Sampler | None:

@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from trainer.data.data_config import DataConfig
 from trainer.models.registry import Classifier, build_classifier
+from trainer.training.linear_probe import probe_applies
 from trainer.training.metrics import topk_metrics
 
 
@@ -151,9 +152,11 @@ class ClassifierModule(L.LightningModule):
         self.val_confusion.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """The `optim.optimizer` over parameter groups (head at optim.lr, feature blocks slower), stepped by
-        `optim.scheduler` every optimizer step."""
+        """The `optim.optimizer` over parameter groups (head at optim.lr, feature blocks slower; all gentler
+        when the head starts fitted by the linear probe), stepped by `optim.scheduler` every step."""
         lr = float(self.optim_cfg["lr"])
+        if self.finetune_cfg.get("linear_probe") and probe_applies(self.classifier):
+            lr *= float(self.finetune_cfg["probed_lr_mult"])  # a fitted head needs gentler steps
         # A pretrained feature extractor moves slower than the new head; one trained from scratch does not.
         pretrained = bool(self.classifier.loaded_tensors)
         mult = float(self.finetune_cfg["backbone_lr_mult"]) if pretrained else 1.0
@@ -162,7 +165,7 @@ class ClassifierModule(L.LightningModule):
         blocks = feature_blocks(self.model, self.classifier.head_name)
         for depth, params in enumerate(blocks):  # layer-wise decay: the earliest blocks move least
             groups.append({"params": params, "lr": lr * mult * decay ** (len(blocks) - depth)})
-        optimizer = instantiate(self.optim_cfg["optimizer"])(groups)
+        optimizer = instantiate(self.optim_cfg["optimizer"])(groups, lr=lr)  # the schedule's floor follows
         scheduler = instantiate(self.optim_cfg["scheduler"])(
             optimizer, total_steps=self.trainer.estimated_stepping_batches, epochs=self.trainer.max_epochs
         )
