@@ -156,26 +156,33 @@ def wilson(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def _override(base: list[str], key: str, default: str) -> str:
+    return next((o.split("=", 1)[1] for o in base if o.startswith(f"{key}=")), default)
+
+
 def table(rows: list[dict]) -> str:
-    """Markdown: one line per (data, size, epochs, recipe): mean top-1 over seeds, interval, gap to plain."""
+    """Markdown: one line per (data, model, size, epochs, recipe): mean top-1 over seeds, interval, gap to
+    plain."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        data = next((o.split("=", 1)[1] for o in r["base"] if o.startswith("dataset.root=")), "demo")
-        data = Path(data).name + (f" (resplit {r['resplit']})" if r.get("resplit") else "")
-        groups[(data, r["image_size"], r["epochs"], r["recipe"])].append(r)
+        data = Path(_override(r["base"], "dataset.root", "demo")).name
+        data += f" (resplit {r['resplit']})" if r.get("resplit") else ""
+        model = _override(r["base"], "model", "demo")
+        groups[(data, model, r["image_size"], r["epochs"], r["recipe"])].append(r)
     lines = [
-        "| data | px | epochs | recipe | val top-1 (mean) | seeds | per seed | 95% interval | vs plain |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data | model | px | epochs | recipe | val top-1 (mean) | seeds | per seed | 95% interval "
+        "| vs plain |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], -_mean(groups[k]))):
-        runs, plain = groups[key], groups.get((*key[:3], "plain"))
+    for key in sorted(groups, key=lambda k: (*k[:4], -_mean(groups[k]))):
+        runs, plain = groups[key], groups.get((*key[:4], "plain"))
         n_val = runs[0]["val_images"]
         top1 = _mean(runs)
         low, high = wilson(top1 * n_val * len(runs), n_val * len(runs))
-        gap = f"{100 * (top1 - _mean(plain)):+.1f}" if plain and key[3] != "plain" else ""
+        gap = f"{100 * (top1 - _mean(plain)):+.1f}" if plain and key[4] != "plain" else ""
         seeds = " ".join(f"{100 * r['val_top1']:.1f}" for r in sorted(runs, key=lambda r: r["seed"]))
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {100 * top1:.1f} | {len(runs)} | {seeds} "
+            f"| {' | '.join(map(str, key))} | {100 * top1:.1f} | {len(runs)} | {seeds} "
             f"| {100 * low:.1f}–{100 * high:.1f} | {gap} |"
         )
     return "\n".join(lines)
