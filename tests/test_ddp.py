@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from conftest import make_class_folder
+
+from trainer.cli import compose_config
+from trainer.models import build_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,6 +21,9 @@ def test_two_process_cpu_ddp_writes_once_and_counts_every_val_image_once(tmp_pat
     root = tmp_path / "photos"
     make_class_folder(root / "train", {"red": 8, "green": 8, "blue": 8}, size=40)
     make_class_folder(root / "val", {"red": 3, "green": 3, "blue": 3}, size=40)  # 9: odd, so padding shows
+    weights = tmp_path / "backbone.pth"  # "pretrained" weights, so the linear probe runs (its head broadcast)
+    demo = compose_config(["model=demo", "model.alpha=0.25"], output_dir=str(tmp_path / "weights"))
+    torch.save(build_classifier(demo.model, 1000).model.state_dict(), weights)
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAINER_CACHE": str(tmp_path / "cache")}
     out = subprocess.run(
@@ -33,6 +40,7 @@ def test_two_process_cpu_ddp_writes_once_and_counts_every_val_image_once(tmp_pat
             "dataset.batch_size=4",
             "model=demo",
             "model.alpha=0.25",
+            f"model.pretrained={weights}",
             "export.formats=[torchscript]",
             "export.latency.runs=2",
             "export.latency.warmup=0",
@@ -49,6 +57,7 @@ def test_two_process_cpu_ddp_writes_once_and_counts_every_val_image_once(tmp_pat
     run_log = next(run_dir.glob("*.log")).read_text()  # Lightning's info lines: the log file, not the console
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in run_log
     assert log.count("Audit: ") == 1, "the second process does not repeat rank 0's lines"
+    assert log.count("Head fitted by a linear probe on 24 train images") == 1
     assert log.count("Exported 1 artifacts") == 1, "rank 0 alone exports"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["processes"] == 2
