@@ -81,7 +81,9 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("overrides", nargs="*", help="train.py overrides")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as out:
-        cfg = compose_config([*args.overrides, "export.enabled=false", "~logger"], output_dir=out)
+        # training steps only: the linear probe before the first step is not one (and would rerun per fit)
+        settings = ["export.enabled=false", "~logger", "finetune.linear_probe=false"]
+        cfg = compose_config([*args.overrides, *settings], output_dir=out)
         apply_cpu_threads(cfg)
         index = build_index(cfg.dataset)
         classifier = build_classifier(cfg.model, index.num_classes)

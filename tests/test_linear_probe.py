@@ -14,7 +14,13 @@ from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule, balanced_subset
 from trainer.data.index import build_index
 from trainer.models import build_classifier
-from trainer.training.linear_probe import STRENGTHS, choose_strength, fit_logistic
+from trainer.training.linear_probe import (
+    STRENGTHS,
+    choose_strength,
+    fit_logistic,
+    pooled_features,
+    stratified_folds,
+)
 from trainer.training.module import ClassifierModule, run_record
 from trainer.training.run import build_trainer
 
@@ -57,6 +63,17 @@ def test_stronger_l2_shrinks_the_logits_and_noise_labels_pick_the_strongest() ->
     assert choose_strength(x, y, 3) < STRENGTHS[-1]
 
 
+def test_folds_are_stratified_whatever_the_sample_order() -> None:
+    labels = torch.tensor([2, 0, 0, 1, 0, 2, 1, 0, 1, 2, 0, 0])
+    folds = stratified_folds(labels, 3)
+    for label in range(3):
+        counts = torch.bincount(folds[labels == label], minlength=3)
+        assert counts.max() - counts.min() <= 1
+    x, y = blobs(300)
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(2))
+    assert choose_strength(x[order], y[order], 3) == choose_strength(x, y, 3)
+
+
 def test_a_few_images_still_give_a_finite_head() -> None:
     x, y = blobs(3)  # one image per class: nothing to hold out
     assert choose_strength(x, y, 3) == STRENGTHS[-1]
@@ -69,14 +86,55 @@ def test_balanced_subset_keeps_at_most_n_of_each_class_in_order() -> None:
     assert balanced_subset([0, 0, 0, 1, 2, 2, 1, 0], 2) == [0, 1, 3, 4, 5, 6]
 
 
+class Probed(torch.nn.Module):
+    """Features, then a head; with `aux`, a second head added to the output (as timm's VOLO does)."""
+
+    def __init__(self, aux: bool = False) -> None:
+        super().__init__()
+        self.features, self.head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+        self.aux = torch.nn.Linear(8, 2) if aux else None
+        self.device, self.memory_format = torch.device("cpu"), torch.contiguous_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        return self.head(f) + (self.aux(f) if self.aux is not None else 0)
+
+
+@pytest.mark.parametrize(
+    ("aux", "bad_input", "usable"), [(False, False, True), (True, False, False), (False, True, False)]
+)
+def test_features_are_refused_when_the_head_alone_does_not_make_the_output_or_they_are_not_finite(
+    aux: bool, bad_input: bool, usable: bool
+) -> None:
+    from lightning.pytorch.plugins.precision import Precision
+
+    model = Probed(aux).train()
+    x = torch.randn(6, 4)
+    if bad_input:
+        x[2, 1] = float("nan")
+    batches = [(x[:3], torch.tensor([0, 1, 0])), (x[3:], torch.tensor([1, 0, 1]))]
+    trainer = type("FakeTrainer", (), {"precision_plugin": Precision()})()
+    probed = pooled_features(trainer, model, model.head, batches)
+    assert (probed is not None) == usable
+    assert model.training  # put back in train mode
+    if usable:
+        features, labels = probed
+        assert features.shape == (6, 8) and labels.tolist() == [0, 1, 0, 1, 0, 1]
+        assert torch.allclose(features, model.features(x))
+
+
 class HeadAtStart(L.Callback):
-    """The head's weights and the model's train-set accuracy when the first training step is about to run."""
+    """The head's weights and learning rate when the first training step is about to run, and the model's
+    train-set accuracy then (when a datamodule lists the train images)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.head_name = pl_module.classifier.head_name
         head = pl_module.model.get_submodule(self.head_name)
         self.weight = head.weight.detach().clone()
         self.head_lr = trainer.optimizers[0].param_groups[0]["initial_lr"]
+        self.train_top1 = None
+        if trainer.datamodule is None:
+            return
         pl_module.eval()
         right = total = 0
         with torch.no_grad():
@@ -87,8 +145,11 @@ class HeadAtStart(L.Callback):
         self.train_top1 = right / total
 
 
-def head_at_start(tmp_path: Path, folder: Path, *overrides: str, epochs: int = 1) -> HeadAtStart:
-    """A run over `folder`; what its head was when training began (or resumed)."""
+def head_at_start(
+    tmp_path: Path, folder: Path, *overrides: str, epochs: int = 1, datamodule: bool = True
+) -> HeadAtStart:
+    """A run over `folder` (fed by the datamodule, or by its train loader alone); what its head was when
+    training began (or resumed)."""
     cfg = compose_config(
         [*QUICK, "dataset=folder", f"dataset.root={folder}", *overrides], output_dir=str(tmp_path / "run")
     )
@@ -100,8 +161,11 @@ def head_at_start(tmp_path: Path, folder: Path, *overrides: str, epochs: int = 1
     spy = HeadAtStart()
     trainer, _, _ = build_trainer(cfg, tmp_path / "run", max_epochs=epochs, enable_progress_bar=False)
     trainer.callbacks.append(spy)
-    datamodule = ImageDataModule.from_config(index, data_config, cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    data = ImageDataModule.from_config(index, data_config, cfg)
+    if datamodule:
+        trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    else:  # batches alone, as scripts/benchmark_throughput.py feeds them
+        trainer.fit(module, train_dataloaders=data.train_dataloader())
     return spy
 
 
@@ -126,6 +190,18 @@ def test_pretrained_run_starts_from_the_probe_head(
     assert random.train_top1 < 0.9
     assert probed.head_lr == pytest.approx(1e-3 * 0.3)  # optim.lr x finetune.probed_lr_mult
     assert random.head_lr == pytest.approx(1e-3)
+
+
+def test_without_the_probe_the_head_trains_at_the_full_rate(
+    tmp_path: Path, tiny_folder: Path, backbone_weights: Path
+) -> None:
+    weights = f"model.pretrained={backbone_weights}"
+    random = head_at_start(tmp_path / "random", tiny_folder, weights, "finetune.linear_probe=false")
+    dropped = head_at_start(tmp_path / "dropped", tiny_folder, weights, "~callbacks.linear_probe")
+    batches = head_at_start(tmp_path / "batches", tiny_folder, weights, datamodule=False)
+    for run in (dropped, batches):  # no probe callback, or no list of train images to probe
+        assert torch.equal(run.weight, random.weight)
+        assert run.head_lr == pytest.approx(1e-3)
 
 
 def test_from_scratch_run_keeps_its_random_head(tmp_path: Path, tiny_folder: Path) -> None:

@@ -180,11 +180,8 @@ class ImageDataModule(L.LightningDataModule):
         """Up to `images_per_class` train images of each class with the eval transform (no augmentation),
         in order: what a linear probe of the pretrained features fits the new head on."""
         keep = balanced_subset([label for _, label in self.index.train], images_per_class)
-        decoded = self.decoded("train")
-        samples = [self.index.train[i] for i in keep]
-        images = [decoded[i] for i in keep] if decoded else None
-        probe = ImageListDataset(samples, self.eval_tf, self.eval_min_side, images)
-        return self._loader(probe, shuffle=False)
+        samples = [self.index.train[i] for i in keep]  # decoded as every eval path decodes (not the cache)
+        return self._loader(ImageListDataset(samples, self.eval_tf, self.eval_min_side), shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         val = ImageListDataset(self.index.val, self.eval_tf, self.eval_min_side, self.decoded("val"))

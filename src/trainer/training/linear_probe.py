@@ -21,7 +21,7 @@ from trainer.models.registry import Classifier
 log = logging.getLogger(__name__)
 
 # L2 strengths tried by cross-validation on the training features (per-sample loss + strength/2 * |W|^2 on
-# standardized features); the best mean held-out fold loss wins.
+# standardized features); the best mean held-out fold loss wins. Folds are stratified by class.
 STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0)
 FOLDS = 3
 
@@ -33,8 +33,8 @@ def fit_logistic(
     equivalent linear layer on the raw features."""
     mean, std = features.mean(0), features.std(0, unbiased=False).clamp_min(1e-6)
     x = (features - mean) / std
-    weight = torch.zeros(classes, x.shape[1], requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
+    weight = torch.zeros(classes, x.shape[1], device=x.device, requires_grad=True)
+    bias = torch.zeros(classes, device=x.device, requires_grad=True)
     opt = torch.optim.LBFGS([weight, bias], max_iter=100, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -49,20 +49,29 @@ def fit_logistic(
     return weight / std, bias - (weight / std) @ mean
 
 
+def stratified_folds(labels: torch.Tensor, folds: int) -> torch.Tensor:
+    """Each sample's fold: its rank among the samples of its class, modulo `folds` (any sample order)."""
+    rank = torch.zeros_like(labels)
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        rank[members] = torch.arange(len(members), device=labels.device)
+    return rank % folds
+
+
 def choose_strength(features: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
-    """The L2 strength with the lowest cross-validated log loss (folds interleaved by sample order); the
-    strongest where there are too few images to hold any out."""
+    """The L2 strength with the lowest cross-validated log loss; the strongest where there are too few
+    images to hold any out."""
     if len(labels) < 2 * FOLDS:
         return STRENGTHS[-1]
-    folds = torch.arange(len(labels)) % FOLDS
+    fold = stratified_folds(labels, FOLDS)
+    splits = [(fold != k, fold == k) for k in range(FOLDS) if (fold == k).any()]
     losses = {}
     for strength in STRENGTHS:
-        total = 0.0
-        for k in range(FOLDS):
-            train, held = folds != k, folds == k
+        held_out = []
+        for train, held in splits:
             w, b = fit_logistic(features[train], labels[train], classes, strength)
-            total += float(F.cross_entropy(features[held] @ w.T + b, labels[held]))
-        losses[strength] = total / FOLDS
+            held_out.append(float(F.cross_entropy(features[held] @ w.T + b, labels[held])))
+        losses[strength] = sum(held_out) / len(held_out)
     return min(losses, key=losses.get)
 
 
@@ -74,31 +83,56 @@ def probe_applies(classifier: Classifier) -> bool:
 
 
 class LinearProbeHead(L.Callback):
-    """Fit the new head by logistic regression on the frozen pretrained features before the first step.
+    """Fit the new head by logistic regression on the frozen pretrained features before the first step; the
+    run then trains at `lr_mult` times its learning rates (ClassifierModule asks `fits_head`).
 
-    Only where `probe_applies` and the run does not resume (a checkpoint has its own head). Under DDP rank
-    0's head is broadcast, so every process starts the same. Turned off with finetune.linear_probe=false,
-    which also drops the gentler learning rate that goes with it (ClassifierModule.configure_optimizers).
+    Rank 0 fits (on the model's device) and broadcasts the head, so every DDP process starts the same. A
+    resumed run keeps its checkpoint's head. Where the features are not finite or the model's output is more
+    than its head's (timm's VOLO adds an auxiliary head), the head stays random, with a warning.
     """
 
-    def __init__(self, enabled: bool = True, images_per_class: int = 100) -> None:
+    def __init__(self, enabled: bool = True, images_per_class: int = 100, lr_mult: float = 0.3) -> None:
         self.enabled = bool(enabled)
         self.images_per_class = int(images_per_class)
+        self.lr_mult = float(lr_mult)
+
+    def fits_head(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Whether this run starts from a probed head: a pretrained backbone, a Linear head and a datamodule
+        that lists the train images (scripts/benchmark_throughput.py feeds batches without one)."""
+        has_images = hasattr(trainer.datamodule, "probe_dataloader")
+        return self.enabled and has_images and probe_applies(pl_module.classifier)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or trainer.ckpt_path or not probe_applies(pl_module.classifier):
+        if trainer.ckpt_path or not self.fits_head(trainer, pl_module):
             return
         head = pl_module.model.get_submodule(pl_module.classifier.head_name)
+        fitted = self.fit(trainer, pl_module, head) if trainer.is_global_zero else None
+        fitted = trainer.strategy.broadcast(fitted, src=0)
+        if fitted is not None:
+            with torch.no_grad():
+                head.weight.copy_(fitted[0].to(head.weight))
+                head.bias.copy_(fitted[1].to(head.bias))
+
+    def fit(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, head: nn.Linear
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The probe's (weight, bias) on the CPU, or None (and a warning) where it cannot be trusted."""
         started = time.perf_counter()
         loader = trainer.datamodule.probe_dataloader(self.images_per_class)
-        features, labels = pooled_features(trainer, pl_module, head, loader)
-        classes = head.out_features
-        strength = choose_strength(features, labels, classes)
-        weight, bias = fit_logistic(features, labels, classes, strength)
-        weight, bias = trainer.strategy.broadcast((weight, bias), src=0)
-        with torch.no_grad():
-            head.weight.copy_(weight.to(head.weight))
-            head.bias.copy_(bias.to(head.bias))
+        with torch.random.fork_rng(devices=[]):  # the probe draws nothing from the run's random state
+            probed = pooled_features(trainer, pl_module, head, loader)
+        if probed is None:
+            log.warning(
+                "Linear probe skipped: the features are not finite, or the model's output is not its head's "
+                "alone; the head starts random (finetune.linear_probe=false also restores the full lr)"
+            )
+            return None
+        features, labels = probed
+        strength = choose_strength(features, labels, head.out_features)
+        weight, bias = fit_logistic(features, labels, head.out_features, strength)
+        if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+            log.warning("Linear probe skipped: the fitted head is not finite; the head starts random")
+            return None
         accuracy = float(((features @ weight.T + bias).argmax(1) == labels).float().mean())
         log.info(
             "Head fitted by a linear probe on %d train images (train top-1 %.3f, L2 %g, %.1f s)",
@@ -107,16 +141,18 @@ class LinearProbeHead(L.Callback):
             strength,
             time.perf_counter() - started,
         )
+        return weight.cpu(), bias.cpu()
 
 
 @torch.no_grad()
 def pooled_features(
     trainer: L.Trainer, pl_module: L.LightningModule, head: nn.Linear, loader
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inputs of `head` for every image of `loader`, from the model in eval mode (pretrained BatchNorm
-    statistics), in the run's precision; fp32 on the CPU."""
-    captured: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0].float().cpu()))
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The inputs of `head` (fp32, on the model's device) and the labels of every image of `loader`, from
+    the model in eval mode (pretrained BatchNorm statistics) in the run's precision; None when the model's
+    output is not the head's output, or a feature is not finite."""
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = head.register_forward_hook(lambda _m, args, out: captured.append((args[0], out)))
     was_training = pl_module.training
     pl_module.eval()
     labels = []
@@ -124,9 +160,15 @@ def pooled_features(
         with trainer.precision_plugin.forward_context():
             for x, y in loader:
                 x = x.to(pl_module.device).contiguous(memory_format=pl_module.memory_format)
-                pl_module(x)
-                labels.append(y)
+                out = pl_module(x)
+                head_out = captured[-1][1]
+                if not (isinstance(out, torch.Tensor) and out.shape == head_out.shape):
+                    return None
+                if not torch.allclose(out.float(), head_out.float(), rtol=1e-3, atol=1e-3):
+                    return None
+                labels.append(y.to(pl_module.device))
     finally:
         hook.remove()
         pl_module.train(was_training)
-    return torch.cat(captured).flatten(1), torch.cat(labels)
+    features = torch.cat([inputs.float().flatten(1) for inputs, _ in captured])
+    return (features, torch.cat(labels)) if torch.isfinite(features).all() else None

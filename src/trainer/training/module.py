@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from trainer.data.data_config import DataConfig
 from trainer.models.registry import Classifier, build_classifier
-from trainer.training.linear_probe import probe_applies
+from trainer.training.linear_probe import LinearProbeHead
 from trainer.training.metrics import topk_metrics
 
 
@@ -155,8 +155,9 @@ class ClassifierModule(L.LightningModule):
         """The `optim.optimizer` over parameter groups (head at optim.lr, feature blocks slower; all gentler
         when the head starts fitted by the linear probe), stepped by `optim.scheduler` every step."""
         lr = float(self.optim_cfg["lr"])
-        if self.finetune_cfg.get("linear_probe") and probe_applies(self.classifier):
-            lr *= float(self.finetune_cfg["probed_lr_mult"])  # a fitted head needs gentler steps
+        # A head fitted by the linear probe needs gentler steps than a random one.
+        probes = [c for c in self.trainer.callbacks if isinstance(c, LinearProbeHead)]
+        lr *= next((c.lr_mult for c in probes if c.fits_head(self.trainer, self)), 1.0)
         # A pretrained feature extractor moves slower than the new head; one trained from scratch does not.
         pretrained = bool(self.classifier.loaded_tensors)
         mult = float(self.finetune_cfg["backbone_lr_mult"]) if pretrained else 1.0
