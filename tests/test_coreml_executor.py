@@ -28,7 +28,7 @@ from trainer.export.coreml_verify import (
     weight_ratio_problems,
 )
 from trainer.export.settings import ExportSettings
-from trainer.export.verify import fp32_problems, measured_metadata, softmax, torch_predictor
+from trainer.export.verify import fp32_problems, measured_metadata, sign_test, softmax, torch_predictor
 
 SIZE = 32
 NORM = coreml_convert.ImageNormalization.from_stats(MEAN, STD)
@@ -155,6 +155,20 @@ def test_gates_and_own_metadata() -> None:
     ]
     assert gate("palettize6", {"top1_drop_vs_fp32": 1.0})["passed"]
     assert gate("palettize2", {"top1_drop_vs_fp32": 9.0}) is None
+    # with the images behind the drop: over the limit fails only where the sign test says it is not chance
+    chance = {"top1_drop_vs_fp32": 1.961, "top1_drop_p_value": sign_test(4, 1)}  # 3 photos of 153, p 0.19
+    real = {"top1_drop_vs_fp32": 3.268, "top1_drop_p_value": sign_test(5, 0)}  # 5 photos, p 0.03
+    assert gate("palettize6", chance) == {
+        "rule": "top1_drop_vs_fp32 <= 1.0 or sign-test p >= 0.05",
+        "value": 1.961,
+        "passed": True,
+        "p_value": 0.1875,
+    }
+    assert gate_problem("coreml_palettize6", gate("palettize6", real)) == [
+        "coreml_palettize6: failed check top1_drop_vs_fp32 <= 1.0 or sign-test p >= 0.05: measured 3.268 "
+        "(p 0.03125)"
+    ]
+    assert sign_test(0, 0) == 1.0 and sign_test(0, 3) == 1.0 and sign_test(3, 0) == 0.125
     meta = measured_metadata(
         {"backbone": "x", "val_top1": 0.9, "val_loss": 0.3}, {"val_top1": 0.85, "top1_agreement": 0.95}, "r"
     )

@@ -244,16 +244,17 @@ class _Shifted(torch.nn.Module):
         return out + 100.0 * (torch.arange(out.shape[1]) == 0)
 
 
-def test_int8_gate_warns_past_one_point(tmp_path: Path) -> None:
-    """The gate every quantized copy (ONNX, LiteRT, ExecuTorch int8) goes through."""
-    labels = np.array([0, 1, 2, 0])
+def test_int8_gate_warns_past_one_point_when_it_is_not_chance(tmp_path: Path) -> None:
+    """The gate every quantized copy (ONNX, LiteRT, ExecuTorch int8) goes through: a drop over one point
+    warns, unless it is a photo or two that the sign test cannot tell from chance."""
+    labels = np.array([0, 1, 2, 0] * 3)
     job = ExportJob(
         model=torch.nn.Identity(),
         classes=CLASSES,
         data_config=DATA_CONFIG,
         out_dir=tmp_path,
         settings=ExportSettings.from_config(export_config()),
-        inputs=np.zeros((4, 3, SIZE, SIZE), np.float32),
+        inputs=np.zeros((12, 3, SIZE, SIZE), np.float32),
         labels=labels,
         reference=np.eye(3, dtype=np.float32)[labels],
         example=torch.zeros(1, 3, SIZE, SIZE),
@@ -262,12 +263,22 @@ def test_int8_gate_warns_past_one_point(tmp_path: Path) -> None:
         threads=1,
     )
     fp32 = np.eye(3, dtype=np.float32)[labels]
-    close, wrong = {}, {}
+    one_photo = np.eye(3, dtype=np.float32)[[0, 1, 2, 0] * 2 + [0, 1, 2, 1]]
+    close, chance, wrong = {}, {}, {}
     job.compare_with_fp32("litert_int8", close, fp32, fp32 + 0.01)
-    job.compare_with_fp32("executorch_int8", wrong, fp32, np.eye(3, dtype=np.float32)[[0, 1, 2, 1]])
-    assert close == {"top1_agreement_vs_fp32": 1.0, "top1_drop_vs_fp32": 0.0}
-    assert wrong == {"top1_agreement_vs_fp32": 0.75, "top1_drop_vs_fp32": 25.0}
-    assert job.warnings == ["executorch_int8 loses 25.00 points of val top-1 against fp32 (> 1.0)"]
+    job.compare_with_fp32("onnx_int8", chance, fp32, one_photo)
+    job.compare_with_fp32("executorch_int8", wrong, fp32, np.eye(3, dtype=np.float32)[[0] * 12])
+    assert close == {
+        "top1_agreement_vs_fp32": 1.0,
+        "top1_drop_vs_fp32": 0.0,
+        "top1_images_lost_gained": [0, 0],
+        "top1_drop_p_value": 1.0,
+    }
+    assert chance["top1_drop_vs_fp32"] == 8.333 and chance["top1_drop_p_value"] == 0.5
+    assert wrong["top1_drop_vs_fp32"] == 50.0 and wrong["top1_images_lost_gained"] == [6, 0]
+    assert job.warnings == [
+        "executorch_int8 loses 50.00 points of val top-1 against fp32 (> 1.0; sign-test p 0.0156)"
+    ]
 
 
 @needs_mobile

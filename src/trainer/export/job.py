@@ -18,7 +18,7 @@ from torch import nn
 from trainer.data.data_config import DataConfig
 from trainer.export.manifest import artifact_entry, record_errors
 from trainer.export.settings import ExportSettings
-from trainer.export.verify import Predict, evaluate, fp32_problems, top1
+from trainer.export.verify import SIGNIFICANCE, Predict, evaluate, fp32_problems, lost_and_gained, top1
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +116,16 @@ class ExportJob:
 
     def compare_with_fp32(self, what: str, entry: dict, fp32: np.ndarray, outputs: np.ndarray) -> None:
         """Agreement with, and top-1 drop against, the outputs `fp32` of the fp32 artifact this copies;
-        a drop above MAX_INT8_TOP1_DROP points is a warning."""
+        a drop above MAX_INT8_TOP1_DROP points that is more than chance (verify.lost_and_gained) is a
+        warning."""
         fp32_top1, own_top1 = top1(fp32, self.labels), top1(outputs, self.labels)
         if fp32_top1 is None or own_top1 is None:
             return
         entry["top1_agreement_vs_fp32"] = float((fp32.argmax(1) == outputs.argmax(1)).mean())
         entry["top1_drop_vs_fp32"] = round(100.0 * (fp32_top1 - own_top1), 3)
-        if entry["top1_drop_vs_fp32"] > MAX_INT8_TOP1_DROP:
+        entry.update(lost_and_gained(fp32, outputs, self.labels))
+        if entry["top1_drop_vs_fp32"] > MAX_INT8_TOP1_DROP and entry["top1_drop_p_value"] < SIGNIFICANCE:
             self.warnings.append(
                 f"{what} loses {entry['top1_drop_vs_fp32']:.2f} points of val top-1 against fp32 "
-                f"(> {MAX_INT8_TOP1_DROP})"
+                f"(> {MAX_INT8_TOP1_DROP}; sign-test p {entry['top1_drop_p_value']})"
             )

@@ -8,6 +8,7 @@ through any of them and one compares the results.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,9 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 MIN_TOP1_AGREEMENT = 0.995  # fp32 artifacts must pick PyTorch's top-1 class on at least this share of images
 FP32_RELATIVE_TOLERANCE = 1e-3  # ... and stay within this fraction of the largest |output| (at least 1)
+SIGNIFICANCE = (
+    0.05  # a quantized copy's top-1 drop over its limit counts when the sign test's p is below this
+)
 OWN_FIGURES = ("val_top1", "top1_agreement", "top1_agreement_vs_fp32", "top1_drop_vs_fp32")
 
 
@@ -80,6 +84,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def top1(scores: np.ndarray, labels: np.ndarray) -> float | None:
     """Share of rows whose argmax is the label (None without images)."""
     return float((scores.argmax(1) == labels).mean()) if len(labels) else None
+
+
+def sign_test(lost: int, gained: int) -> float:
+    """One-sided exact sign test: the chance of losing at least `lost` of the `lost + gained` images two
+    models disagree on (right before and wrong after, or the reverse) if neither model were better."""
+    n = lost + gained
+    return sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n if n else 1.0
+
+
+def lost_and_gained(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The images a copy gets wrong that the `reference` got right (lost) and the reverse (gained), and the
+    sign test's p-value of that drop. A drop of a photo or two on a small val set is chance
+    (p >= SIGNIFICANCE): the gates and warnings on quantized copies do not count it against them."""
+    was_right, is_right = reference.argmax(1) == labels, outputs.argmax(1) == labels
+    lost, gained = int((was_right & ~is_right).sum()), int((~was_right & is_right).sum())
+    return {"top1_images_lost_gained": [lost, gained], "top1_drop_p_value": round(sign_test(lost, gained), 4)}
 
 
 def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
