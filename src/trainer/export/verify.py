@@ -27,9 +27,8 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 MIN_TOP1_AGREEMENT = 0.995  # fp32 artifacts must pick PyTorch's top-1 class on at least this share of images
 FP32_RELATIVE_TOLERANCE = 1e-3  # ... and stay within this fraction of the largest |output| (at least 1)
-SIGNIFICANCE = (
-    0.05  # a quantized copy's top-1 drop over its limit counts when the sign test's p is below this
-)
+# A quantized copy's top-1 drop over its limit counts where the sign test's p-value is below this.
+SIGNIFICANCE = 0.05
 OWN_FIGURES = ("val_top1", "top1_agreement", "top1_agreement_vs_fp32", "top1_drop_vs_fp32")
 
 
