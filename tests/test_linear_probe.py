@@ -8,11 +8,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import fit_with
 
 from trainer.cli import compose_config
-from trainer.data.data_config import DataConfig
-from trainer.data.datamodule import ImageDataModule, balanced_subset
-from trainer.data.index import build_index
+from trainer.data.datamodule import balanced_subset
 from trainer.models import build_classifier
 from trainer.training.linear_probe import (
     STRENGTHS,
@@ -21,8 +20,6 @@ from trainer.training.linear_probe import (
     pooled_features,
     stratified_folds,
 )
-from trainer.training.module import ClassifierModule, run_record
-from trainer.training.run import build_trainer
 
 QUICK = [
     "model=demo",
@@ -154,18 +151,8 @@ def head_at_start(
         [*QUICK, "dataset=folder", f"dataset.root={folder}", *overrides], output_dir=str(tmp_path / "run")
     )
     L.seed_everything(0)
-    index = build_index(cfg.dataset)
-    classifier = build_classifier(cfg.model, index.num_classes)
-    data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
-    module = ClassifierModule(**run_record(cfg, index.classes, data_config), classifier=classifier)
     spy = HeadAtStart()
-    trainer, _, _ = build_trainer(cfg, tmp_path / "run", max_epochs=epochs, enable_progress_bar=False)
-    trainer.callbacks.append(spy)
-    data = ImageDataModule.from_config(index, data_config, cfg)
-    if datamodule:
-        trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    else:  # batches alone, as scripts/benchmark_throughput.py feeds them
-        trainer.fit(module, train_dataloaders=data.train_dataloader())
+    fit_with(cfg, tmp_path / "run", spy, max_epochs=epochs, batches_only=not datamodule)
     return spy
 
 

@@ -8,14 +8,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import fit_with
 
 from trainer.cli import compose_config
-from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
-from trainer.data.index import build_index
-from trainer.models import build_classifier
-from trainer.training.module import ClassifierModule, run_record
-from trainer.training.run import build_trainer, train
+from trainer.training.run import train
 
 # No random crop, flip or dropout: Lightning checkpoints no random-number state, so these would draw
 # differently after a resume than in the uninterrupted run.
@@ -136,14 +133,8 @@ def fit_with_snapshots(tmp_path: Path, folder: Path, *overrides: str) -> tuple[l
         output_dir=str(tmp_path / "run"),
     )
     L.seed_everything(cfg.seed)
-    index = build_index(cfg.dataset)
-    classifier = build_classifier(cfg.model, index.num_classes)
-    data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
-    module = ClassifierModule(**run_record(cfg, index.classes, data_config), classifier=classifier)
     snapshots = Snapshots()
-    trainer, _, _ = build_trainer(cfg, tmp_path / "run", max_epochs=2, enable_progress_bar=False)
-    trainer.callbacks.append(snapshots)
-    trainer.fit(module, datamodule=ImageDataModule.from_config(index, data_config, cfg))
+    classifier = fit_with(cfg, tmp_path / "run", snapshots, max_epochs=2)
     batchnorm = {
         f"{name}.{key}"
         for name, m in classifier.model.named_modules()
