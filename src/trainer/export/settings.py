@@ -162,6 +162,7 @@ class ExportSettings:
     coreml: CoremlSettings = MISSING
     litert: LitertSettings = MISSING
     executorch: ExecutorchSettings = MISSING
+    min_agreement: float = MISSING
     headless: bool = MISSING
     updatable: str | None = MISSING
     on_device: OnDeviceSettings = MISSING
@@ -208,6 +209,11 @@ class ExportSettings:
             deployment_target(self.coreml.minimum_deployment_target)
         if self.latency.runs < 1 or self.latency.warmup < 0:
             raise ValueError("export.latency: runs must be >= 1 and warmup >= 0")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(
+                f"export.min_agreement={self.min_agreement}: a share of val photos, between 0 and 1 "
+                "(e.g. 0.95: a quantized copy must pick fp32 PyTorch's class on 95% of them)"
+            )
         if self.onnx.calibration_images < 1:
             raise ValueError("export.onnx.calibration_images must be >= 1")
         if self.updatable is not None and self.updatable not in UPDATABLE_KINDS:

@@ -101,6 +101,34 @@ def lost_and_gained(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarr
     return {"top1_images_lost_gained": [lost, gained], "top1_drop_p_value": round(sign_test(lost, gained), 4)}
 
 
+def agreement_gate(stats: dict[str, Any], min_agreement: float) -> dict[str, Any] | None:
+    """A quantized copy's agreement gate: the share of val photos on which it picks fp32 PyTorch's class
+    must be at least `min_agreement` (export.min_agreement). Top-1 alone hides a copy whose losses and gains
+    cancel; agreement is how often the phone answers differently from the evaluation. The top-1 drop and
+    its sign-test p are kept beside it (None: not a classifier, or nothing measured)."""
+    agreement = stats.get("top1_agreement")
+    if agreement is None:
+        return None
+    return {
+        "rule": f"top1_agreement >= {min_agreement}",
+        "value": round(float(agreement), 4),
+        "passed": bool(agreement >= min_agreement),
+        "top1_drop_vs_fp32": stats.get("top1_drop_vs_fp32"),
+        "top1_drop_p_value": stats.get("top1_drop_p_value"),
+    }
+
+
+def different_answers(check: dict[str, Any]) -> str:
+    """The agreement gate in the words a user needs, with the top-1 sign test's view beside it."""
+    share = 100 * (1 - check["value"])
+    text = f"the phone gives a different answer than the evaluation on {share:.1f}% of photos"
+    drop, p_value = check.get("top1_drop_vs_fp32"), check.get("top1_drop_p_value")
+    if drop is not None and p_value is not None:
+        chance = "more than chance" if drop > 0 and p_value < SIGNIFICANCE else "within chance"
+        text += f" (top-1 {0.0 - drop:+.2f} points vs fp32, {chance}: sign-test p {p_value})"
+    return text
+
+
 def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
     """Agreement of `outputs` with the PyTorch `reference` (same kind: logits, probabilities or embeddings).
 

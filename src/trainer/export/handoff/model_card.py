@@ -18,6 +18,7 @@ from trainer.export.handoff.names import (
     tflite_model,
 )
 from trainer.export.job import MAX_INT8_TOP1_DROP
+from trainer.export.verify import different_answers
 from trainer.utils.files import write_text
 
 
@@ -190,7 +191,8 @@ def model_card(manifest: dict[str, Any]) -> str:
 
 
 def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
-    """How each quantized copy fared against its own fp32 model on the val images (gate: 1 point)."""
+    """How each quantized copy fared on the val images: its top-1 against its fp32 model (gate: 1 point)
+    and how often it answers differently from the fp32 PyTorch model (the agreement gate)."""
     rows = [a for a in manifest["artifacts"] if a.get("top1_drop_vs_fp32") is not None]
     if not rows:
         return []
@@ -199,10 +201,18 @@ def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
         drop = a["top1_drop_vs_fp32"]
         verdict = "within" if drop <= MAX_INT8_TOP1_DROP else "**over**"
         agreement = _pct(a.get("top1_agreement_vs_fp32"))
-        lines.append(
+        line = (
             f"- `{a['path']}`: {drop:+.1f} points of val top-1 lost against fp32 ({verdict} the "
-            f"{MAX_INT8_TOP1_DROP:g}-point gate), top-1 agreement with fp32 {agreement}."
+            f"{MAX_INT8_TOP1_DROP:g}-point gate), top-1 agreement with fp32 {agreement}"
         )
+        gate = a.get("agreement_gate")
+        if gate is not None:
+            verdict = "passed" if gate["passed"] else "**FAILED**"
+            line += (
+                f", with fp32 PyTorch {_pct(gate['value'])}: agreement gate ({gate['rule']}) {verdict}: "
+                f"{different_answers(gate)}"
+            )
+        lines.append(line + ".")
     return [*lines, ""]
 
 
