@@ -138,11 +138,11 @@ def _export_into(
             row.impl().export(job)
     if settings.headless:
         _headless(job, headless, [row for row in chosen if row.headless and not row.missing()])
-    updatable_swift = None
+    updatable = False
     if settings.updatable:
         from trainer.export.updatable.export import export_updatable
 
-        updatable_swift = export_updatable(job, headless=headless, head=head, train_samples=train_samples)
+        updatable = export_updatable(job, headless=headless, head=head, train_samples=train_samples)
 
     manifest: dict[str, Any] = {
         "classes": list(classes),
@@ -183,8 +183,11 @@ def _export_into(
             manifest["handoff"].append(write_kotlin(out_dir, tflite, data_config))
         elif "litert" in settings.formats:
             job.skip("Classifier.kt", "no LiteRT classifier was exported")
-        if updatable_swift:
-            manifest["handoff"].append(updatable_swift)
+        if updatable:
+            from trainer.export.handoff.updatable_swift import write_updatable_swift
+
+            swift = write_updatable_swift(out_dir, settings.updatable, image_size, classes)
+            manifest["handoff"].append(swift)
         manifest["handoff"].append(CARD_NAME)
         write_model_card(out_dir, manifest)
     write_manifest(out_dir, manifest)

@@ -5,15 +5,13 @@ The `torchscript` row of the format table (formats.py); both files take normaliz
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from trainer.export.converters.tracing import jit_without_deprecation, trace
 from trainer.export.job import ExportJob
 from trainer.export.verify import Predict, torch_predictor
 from trainer.utils.files import atomic_output
@@ -22,26 +20,10 @@ FP32_NAME = "model_torchscript.pt"
 LITE_NAME = "model_mobile.ptl"
 
 
-@contextmanager
-def _jit_without_deprecation() -> Iterator[None]:
-    """Silence torch's FutureWarning that torch.jit is deprecated: TorchScript is still the input coremltools
-    and PyTorch Mobile take, and the artifact apps and trainer-predict load."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\..* deprecated", category=FutureWarning)
-        yield
-
-
-def trace(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """Trace `module` in eval mode without autograd."""
-    module.eval()
-    with torch.no_grad(), _jit_without_deprecation():
-        return torch.jit.trace(module, example)
-
-
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     """Write the traced model to `path`."""
     traced = trace(model, example)
-    with atomic_output(path) as tmp, _jit_without_deprecation():
+    with atomic_output(path) as tmp, jit_without_deprecation():
         torch.jit.save(traced, str(tmp))
 
 
@@ -63,7 +45,7 @@ def export_lite(torchscript_path: Path, path: Path) -> None:
 
 def load_torchscript(path: Path) -> torch.jit.ScriptModule:
     """Load a saved TorchScript model on CPU in eval mode."""
-    with _jit_without_deprecation():
+    with jit_without_deprecation():
         return torch.jit.load(str(path), map_location="cpu").eval()
 
 

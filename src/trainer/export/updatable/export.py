@@ -22,7 +22,7 @@ from torch import nn
 from trainer.data.data_config import DataConfig
 from trainer.export.converters.coreml import neuralnetwork_executor as nn_executor
 from trainer.export.converters.coreml.convert import INPUT_NAME, ImageNormalization
-from trainer.export.converters.coreml.export import NOT_MACOS_REASON
+from trainer.export.converters.coreml.target import NOT_MACOS_REASON
 from trainer.export.updatable import model as updatable
 from trainer.export.updatable import personalize
 from trainer.export.updatable import spec as updatable_spec
@@ -113,10 +113,9 @@ def export_updatable(
     headless: nn.Module | None,
     head: nn.Module | None,
     train_samples: Sequence[tuple[str, int]],
-) -> str | None:
-    """Write UpdatableClassifier.mlmodel and .swift, list and measure them; returns the Swift file's name."""
-    from trainer.export.handoff.updatable_swift import write_updatable_swift
-
+) -> bool:
+    """Write UpdatableClassifier.mlmodel, list and measure it; True when it was written (the pipeline then
+    writes its Swift code with the other hand-off files)."""
     kind, opts = job.settings.updatable, job.settings.on_device
     classes, data_config = job.classes, job.data_config
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
@@ -124,7 +123,7 @@ def export_updatable(
         job.fail(
             "updatable", [f"export.updatable={kind} needs the model's feature extractor and head modules"]
         )
-        return None
+        return False
     path = job.out_dir / updatable.MODEL_NAME
     with job.guard(f"updatable_{kind}"):
         norm = ImageNormalization.from_stats(mean, std)
@@ -167,10 +166,7 @@ def export_updatable(
         )
         if len(job.inputs):
             _measure(job, entry, saved, headless, embed, job.reference, classes, set(seeds))
-    if not path.exists():
-        return None
-    examples = (classes[0], "a label the model has never seen" if kind == "knn" else classes[-1])
-    return write_updatable_swift(job.out_dir, kind, image_size, examples)
+    return path.exists()
 
 
 def _measure(

@@ -41,7 +41,7 @@ from trainer.export.converters.coreml.convert import (
     ImageNormalization,
     image_input,
 )
-from trainer.export.converters.torchscript import trace
+from trainer.export.converters.tracing import trace
 from trainer.export.settings import ExportSettings
 from trainer.utils.files import atomic_output
 

@@ -24,14 +24,13 @@ import numpy as np
 
 from trainer.export.converters.coreml.executor import CoreMLExecutor
 from trainer.export.converters.coreml.executor.program import load_program
-from trainer.export.settings import palette_bits
+from trainer.export.converters.coreml.variants import WEIGHT_THRESHOLD, compressed_bits
 from trainer.export.verify import SIGNIFICANCE, Predict, compare, lost_and_gained, run_batches
 
 RUNTIME = "reference executor (torch ops, Core ML fp16 rounding)"
 MIN_FP16_AGREEMENT = 0.995
 FP16_TIE = 0.02  # probability gap under which PyTorch's top-1 and the fp16 choice are a tie
 MAX_TOP1_DROP = {"int8": 0.5, "w8a8": 0.5, "palettize8": 1.0, "palettize6": 1.0}  # points vs fp32 PyTorch
-WEIGHT_THRESHOLD = 2048  # coremltools.optimize's default weight_threshold: smaller weights stay in fp16
 # scales, zero points, look-up tables and blob headers on top of the compressed weights: a fixed cost per
 # tensor, so largest for small models (measured 0.020 for MobileNetV2 alpha 0.35 int8 at 224 px)
 RATIO_MARGIN = 0.03
@@ -118,11 +117,6 @@ def gate_problem(name: str, check: dict[str, Any] | None) -> list[str]:
         return []
     p_value = f" (p {check['p_value']})" if "p_value" in check else ""
     return [f"{name}: failed check {check['rule']}: measured {check['value']}{p_value}"]
-
-
-def compressed_bits(variant: str) -> int | None:
-    """Bits per compressed weight of a variant (None: not a weight-compression variant)."""
-    return 8 if variant in ("int8", "w8a8") else palette_bits(variant)
 
 
 def weight_ratio_problems(package: Path, variant: str, ratio: float) -> tuple[float, list[str]]:
