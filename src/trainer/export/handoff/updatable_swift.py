@@ -1,7 +1,7 @@
 """UpdatableClassifier.swift: load the updatable model, train it on labelled photos, save it, reload it.
 
-Generated from the same constants that name the model's inputs and update parameters (updatable.py), so the
-Swift code and the spec cannot drift apart; tests parse the file back and compare.
+Generated from the same constants that name the model's inputs and update parameters (updatable/model.py),
+so the Swift code and the spec cannot drift apart; tests parse the file back and compare.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Export step for UpdatableClassifier.mlmodel: build it, check its spec, and measure it as the phone would.
 
 On Linux Core ML cannot run it, so the feature extractor's layers are evaluated from the saved spec
-(nn_executor) and compared with the headless PyTorch model; its embeddings then feed the k-NN rule or the
-head (with the parameters read back from the spec) for val top-1 before any update and for the
-personalization experiment (hold one class out, learn it from a few examples, see what the others lose).
+(converters/coreml/neuralnetwork_executor.py) and compared with the headless PyTorch model; its embeddings
+then feed the k-NN rule or the head (with the parameters read back from the spec) for val top-1 before any
+update and for the personalization experiment (hold one class out, learn it from a few examples, see what
+the others lose).
 """
 
 from __future__ import annotations

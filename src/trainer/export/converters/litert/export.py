@@ -7,7 +7,7 @@ model, as in Core ML. Output: (1, classes) logits. fp16 stores the weights as fl
 the CPU, used as is by the GPU delegate); int8 is full-integer post-training quantization (int8 weights per
 channel and activations, min/max calibrated on training images) with QUANTIZE / DEQUANTIZE ops added at the
 ends, so its input and output stay float32 and the app code is the same for all three. The classes, mean/std
-and the input layout are stored in the model's metadata (entry `trainer`, JSON: litert_flatbuffer.py).
+and the input layout are stored in the model's metadata (entry `trainer`, JSON: flatbuffer.py).
 """
 
 from __future__ import annotations
