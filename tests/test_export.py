@@ -342,7 +342,7 @@ def test_every_coreml_variant_is_measured(exported: dict) -> None:
             assert artifact["min_cosine_similarity"] > 0.99
             continue
         assert artifact["top1_agreement"] >= 0.95
-        assert artifact["top1_drop_vs_fp32"] == pytest.approx(
+        assert artifact["top1_drop_vs_pytorch"] == pytest.approx(
             100 * (manifest["pytorch_val_top1"] - artifact["val_top1"]), abs=1e-3
         )
         assert artifact["gate"]["passed"], artifact["gate"]
@@ -353,13 +353,13 @@ def test_every_coreml_variant_is_measured(exported: dict) -> None:
     assert fp16["gate"]["rule"] == "top1_agreement_beyond_ties >= 0.995"
     assert fp16["top1_agreement_beyond_ties"] >= 0.995 and fp16["top1_agreement"] >= 0.995
     palettized = entry(manifest, "ImageClassifier_palettize6.mlpackage")
-    assert palettized["gate"]["rule"] == "top1_drop_vs_fp32 <= 1.0 or sign-test p >= 0.05"
-    lost, gained = palettized["top1_images_lost_gained"]
+    assert palettized["gate"]["rule"] == "top1_drop_vs_pytorch <= 1.0 or sign-test p >= 0.05"
+    lost, gained = palettized["top1_images_lost_gained_vs_pytorch"]
     p_value = round(sign_test(lost, gained), 4)
-    assert palettized["gate"]["p_value"] == palettized["top1_drop_p_value"] == p_value
+    assert palettized["gate"]["p_value"] == palettized["top1_drop_p_value_vs_pytorch"] == p_value
     card = (out / "README.md").read_text()
     assert "`ImageClassifier_int8.mlpackage`: val top-1" in card
-    assert "gate top1_drop_vs_fp32 <= 0.5 or sign-test p >= 0.05" in card
+    assert "gate top1_drop_vs_pytorch <= 0.5 or sign-test p >= 0.05" in card
 
 
 def test_skipped_variants_give_reasons(exported: dict) -> None:

@@ -274,6 +274,13 @@ def test_int8_gate_warns_past_one_point_when_it_is_not_chance(tmp_path: Path) ->
         "top1_drop_vs_fp32": 0.0,
         "top1_images_lost_gained": [0, 0],
         "top1_drop_p_value": 1.0,
+        "gate": {
+            "rule": "top1_drop_vs_fp32 <= 1.0 or sign-test p >= 0.05",
+            "value": 0.0,
+            "passed": True,
+            "p_value": 1.0,
+            "on_failure": "warning",
+        },
     }
     assert chance["top1_drop_vs_fp32"] == 8.333 and chance["top1_drop_p_value"] == 0.5
     assert wrong["top1_drop_vs_fp32"] == 50.0 and wrong["top1_images_lost_gained"] == [6, 0]

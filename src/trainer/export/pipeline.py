@@ -27,7 +27,7 @@ from trainer.export.handoff.model_card import write_model_card
 from trainer.export.handoff.names import CARD_NAME, swift_package, tflite_model, write_labels
 from trainer.export.handoff.swift import write_swift
 from trainer.export.job import ExportJob
-from trainer.export.manifest import MANIFEST_NAME, staged_folder, write_manifest
+from trainer.export.manifest import MANIFEST_NAME, ArtifactEntry, staged_folder, write_manifest
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import latency_ms, load_inputs, run_batches, top1, torch_predictor
 
@@ -164,7 +164,7 @@ def _export_into(
             else None
         ),
         "threads": job.threads,
-        "artifacts": job.artifacts,
+        "artifacts": [ArtifactEntry.from_dict(entry).to_dict() for entry in job.artifacts],
         "skipped": job.skipped,
         "warnings": job.warnings,
         "errors": job.errors,
