@@ -28,6 +28,7 @@ from trainer.export.handoff.names import CARD_NAME, swift_package, tflite_model,
 from trainer.export.handoff.swift import write_swift
 from trainer.export.job import ExportJob
 from trainer.export.manifest import MANIFEST_NAME, ArtifactEntry, staged_folder, write_manifest
+from trainer.export.metadata import ArtifactMetadata
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import latency_ms, load_inputs, run_batches, top1, torch_predictor
 
@@ -114,13 +115,7 @@ def _export_into(
         labels=np.asarray([samples[i][1] for i in kept], dtype=np.int64),
         reference=run_batches(predict, inputs),
         example=torch.from_numpy(inputs[:1]) if len(inputs) else torch.randn(1, 3, image_size, image_size),
-        model_metadata={
-            "resolution": image_size,
-            "mean": list(mean),
-            "std": list(std),
-            "preprocess": data_config.to_dict(),
-            **provenance,
-        },
+        model_metadata=ArtifactMetadata.build(classes, data_config, provenance, settings).to_dict(),
         read_calibration=lambda: load_inputs(
             _spread(calibration_paths, settings.onnx.calibration_images), data_config
         )[0],
