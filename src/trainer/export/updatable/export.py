@@ -24,6 +24,7 @@ from trainer.data.data_config import DataConfig
 from trainer.export.converters.coreml import neuralnetwork_executor as nn_executor
 from trainer.export.converters.coreml.convert import INPUT_NAME, ImageNormalization
 from trainer.export.converters.coreml.target import NOT_MACOS_REASON
+from trainer.export.pixels import PixelNormalization
 from trainer.export.updatable import model as updatable
 from trainer.export.updatable import personalize
 from trainer.export.updatable import spec as updatable_spec
@@ -69,10 +70,10 @@ def linear_head(head: nn.Module) -> tuple[np.ndarray, np.ndarray]:
 def extractor_predictor(extractor: Any, mean: Sequence[float], std: Sequence[float]) -> Predict:
     """Embeddings the spec computes for normalized (N, 3, S, S) inputs, fed as an app's raw pixels."""
     network = extractor.neuralNetwork
-    mean4, std4 = np.asarray(mean).reshape(1, 3, 1, 1), np.asarray(std).reshape(1, 3, 1, 1)
+    norm = PixelNormalization.of(mean, std)
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        pixels = ((batch * std4 + mean4) * 255.0).astype(np.float32)
+        pixels = norm.pixels(batch).astype(np.float32)
         image = nn_executor.preprocess(network, INPUT_NAME, pixels)
         out = nn_executor.run_network(network, {INPUT_NAME: image})[updatable.EMBEDDING_OUTPUT]
         return out.reshape(len(batch), -1)

@@ -25,6 +25,7 @@ import numpy as np
 from trainer.export.converters.coreml.executor import CoreMLExecutor
 from trainer.export.converters.coreml.executor.program import load_program
 from trainer.export.converters.coreml.variants import WEIGHT_THRESHOLD, compressed_bits
+from trainer.export.pixels import PixelNormalization
 from trainer.export.verify import Predict, compare, drop_gate, lost_and_gained, run_batches
 
 RUNTIME = "reference executor (torch ops, Core ML fp16 rounding)"
@@ -37,12 +38,8 @@ RATIO_MARGIN = 0.03
 
 
 def pixel_arrays(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo the normalization of preprocessed (N, 3, S, S) inputs: the raw uint8 RGB pixels an app passes.
-
-    Exact for inputs made from 8-bit images by ToTensor + Normalize (the round trip lands on the integers).
-    """
-    pixels = (inputs * np.asarray(std).reshape(1, 3, 1, 1) + np.asarray(mean).reshape(1, 3, 1, 1)) * 255.0
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    """Undo the normalization of preprocessed (N, 3, S, S) inputs: the raw uint8 RGB pixels an app passes."""
+    return PixelNormalization.of(mean, std).uint8_pixels(inputs)
 
 
 def reference_predictor(
