@@ -78,7 +78,7 @@ def _export_into(
     classes: list[str],
     data_config: DataConfig,
     out_dir: Path,
-    cfg: DictConfig | dict,
+    cfg: DictConfig | dict | ExportSettings,
     calibration_paths: list[str],
     val_samples: list[tuple[str, int]],
     provenance: dict,
@@ -97,7 +97,7 @@ def _export_into(
     Returns the manifest. Failed formats are listed in its `errors` (never raised): exit non-zero on them.
     Raises ValueError for an invalid `cfg` before anything is written.
     """
-    settings = ExportSettings.from_config(cfg)
+    settings = cfg if isinstance(cfg, ExportSettings) else ExportSettings.from_config(cfg)
     settings.on_device.check_data(settings.updatable, classes, [label for _, label in train_samples])
     model = copy.deepcopy(model).cpu().eval()
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
