@@ -46,6 +46,7 @@ def _copy(labels: np.ndarray, changed: int) -> np.ndarray:
 def _measure(job: ExportJob, name: str, fp32: np.ndarray, outputs: np.ndarray) -> dict:
     """What job.verify then job.compare_with_fp32 store for a quantized copy."""
     entry = {"name": name, "path": name, "format": "onnx", "precision": "int8", "kind": "classifier"}
+    entry.update(size_bytes=1000, sha256="0" * 64)
     entry.update(compare(job.reference, outputs, job.labels))
     job.compare_with_fp32(name, entry, fp32, outputs)
     return entry
@@ -60,7 +61,7 @@ def test_copy_at_the_threshold_passes_and_one_below_fails(tmp_path: Path) -> Non
     assert passing["agreement_gate"]["passed"] and passing["agreement_gate"]["value"] == 0.95
     gate = failing["agreement_gate"]
     assert not gate["passed"] and gate["value"] == 0.9 and gate["rule"] == "top1_agreement >= 0.95"
-    assert gate["top1_drop_vs_fp32"] == 10.0 and gate["top1_drop_p_value"] == 0.0625
+    assert gate["top1_drop"] == 10.0 and gate["top1_drop_p_value"] == 0.0625
     assert job.warnings == [
         "model_int8.tflite failed its agreement gate (top1_agreement >= 0.95): the phone gives a different "
         "answer than the evaluation on 10.0% of photos (top-1 -10.00 points vs fp32, within chance: "
@@ -71,10 +72,14 @@ def test_copy_at_the_threshold_passes_and_one_below_fails(tmp_path: Path) -> Non
     assert rows["model_int8.onnx"].endswith("passed")
     assert rows["model_int8.tflite"].endswith("FAILED agreement gate: 10.0% of answers differ")
     card = "\n".join(_quantization_lines(manifest))
-    assert "with fp32 PyTorch 95.0%: agreement gate (top1_agreement >= 0.95) passed" in card
     assert (
-        "with fp32 PyTorch 90.0%: agreement gate (top1_agreement >= 0.95) **FAILED**: the phone gives a "
-        "different answer than the evaluation on 10.0% of photos" in card
+        "; agreement gate top1_agreement >= 0.95: passed: the phone gives a different answer than the "
+        "evaluation on 5.0% of photos" in card
+    )
+    assert (
+        "; agreement gate top1_agreement >= 0.95: **FAILED**: the phone gives a different answer than the "
+        "evaluation on 10.0% of photos (top-1 -10.00 points vs fp32, within chance: sign-test p 0.0625)."
+        in card
     )
 
 

@@ -29,7 +29,13 @@ MIN_TOP1_AGREEMENT = 0.995  # fp32 artifacts must pick PyTorch's top-1 class on 
 FP32_RELATIVE_TOLERANCE = 1e-3  # ... and stay within this fraction of the largest |output| (at least 1)
 # A quantized copy's top-1 drop over its limit counts where the sign test's p-value is below this.
 SIGNIFICANCE = 0.05
-OWN_FIGURES = ("val_top1", "top1_agreement", "top1_agreement_vs_fp32", "top1_drop_vs_fp32")
+OWN_FIGURES = (
+    "val_top1",
+    "top1_agreement",
+    "top1_agreement_vs_fp32",
+    "top1_drop_vs_fp32",
+    "top1_drop_vs_pytorch",
+)
 
 
 def load_inputs(paths: Sequence[str], data_config: DataConfig) -> tuple[np.ndarray, list[int], list[str]]:
@@ -109,12 +115,13 @@ def agreement_gate(stats: dict[str, Any], min_agreement: float) -> dict[str, Any
     agreement = stats.get("top1_agreement")
     if agreement is None:
         return None
+    against = "_vs_pytorch" if stats.get("top1_drop_vs_pytorch") is not None else ""  # Core ML: no fp32 file
     return {
         "rule": f"top1_agreement >= {min_agreement}",
         "value": round(float(agreement), 4),
         "passed": bool(agreement >= min_agreement),
-        "top1_drop_vs_fp32": stats.get("top1_drop_vs_fp32"),
-        "top1_drop_p_value": stats.get("top1_drop_p_value"),
+        "top1_drop": stats.get(f"top1_drop{against or '_vs_fp32'}"),
+        "top1_drop_p_value": stats.get(f"top1_drop_p_value{against}"),
     }
 
 
@@ -122,11 +129,23 @@ def different_answers(check: dict[str, Any]) -> str:
     """The agreement gate in the words a user needs, with the top-1 sign test's view beside it."""
     share = 100 * (1 - check["value"])
     text = f"the phone gives a different answer than the evaluation on {share:.1f}% of photos"
-    drop, p_value = check.get("top1_drop_vs_fp32"), check.get("top1_drop_p_value")
+    drop, p_value = check.get("top1_drop"), check.get("top1_drop_p_value")
     if drop is not None and p_value is not None:
         chance = "more than chance" if drop > 0 and p_value < SIGNIFICANCE else "within chance"
         text += f" (top-1 {0.0 - drop:+.2f} points vs fp32, {chance}: sign-test p {p_value})"
     return text
+
+
+def drop_gate(
+    metric: str, drop: float, limit: float, p_value: float | None, on_failure: str
+) -> dict[str, Any]:
+    """The gate on a top-1 drop of `metric` points: passed within `limit`, or with the sign test's `p_value`
+    where the drop is chance (p >= SIGNIFICANCE). `on_failure` says what a failure is: error or warning."""
+    check = {"rule": f"{metric} <= {limit}", "value": drop, "passed": drop <= limit}
+    if p_value is not None:
+        check["rule"] += f" or sign-test p >= {SIGNIFICANCE}"
+        check.update(p_value=p_value, passed=check["passed"] or p_value >= SIGNIFICANCE)
+    return {**check, "on_failure": on_failure}
 
 
 def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
