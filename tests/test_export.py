@@ -367,7 +367,7 @@ def test_every_coreml_variant_is_measured(exported: dict) -> None:
     assert agreement["rule"] == "top1_agreement >= 0.95"
     assert agreement["value"] == round(palettized["top1_agreement"], 4)
     assert agreement["passed"] == (palettized["top1_agreement"] >= 0.95)
-    assert "agreement_gate" not in fp16
+    assert fp16["agreement_gate"] is None  # fp16 answers to its own agreement gate (99.5%)
     card = (out / "README.md").read_text()
     assert "`ImageClassifier_int8.mlpackage`: val top-1" in card
     assert "gate top1_drop_vs_pytorch <= 0.5 or sign-test p >= 0.05" in card
