@@ -9,6 +9,7 @@ from typing import Any
 from trainer.data.data_config import DataConfig
 from trainer.export.handoff.android_card import android_usage, litert_preprocessing, mobile_inputs
 from trainer.export.handoff.confidence import accuracy_text
+from trainer.export.handoff.escape import markdown_text
 from trainer.export.handoff.names import (
     CARD_NAME,
     SIMULATION_NOTE,
@@ -124,13 +125,13 @@ def model_card(manifest: dict[str, Any]) -> str:
         "",
         manifest["description"],
         "",
-        f"- Author: {manifest['author']}",
-        f"- License: {manifest['license']}",
+        f"- Author: {markdown_text(manifest['author'])}",
+        f"- License: {markdown_text(manifest['license'])}",
         f"- Version: {manifest['version']}",
         "",
         f"## Classes ({len(classes)})",
         "",
-        *[f"{i}. {c}" for i, c in enumerate(classes)],
+        *[f"{i}. {markdown_text(c)}" for i, c in enumerate(classes)],
         "",
         "`labels.txt` lists them in output order.",
         "",
