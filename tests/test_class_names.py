@@ -11,7 +11,16 @@ from trainer.data.sources.folder import index_folder
 from trainer.export.handoff.escape import kotlin_string, markdown_text, swift_string
 from trainer.export.handoff.updatable_swift import swift_updatable
 
-ACCEPTED = ['say "hi"', "back\\slash", "$(rm -rf x)", "${x}", "🐱 cat", "x" * 200, "_background", "# <i>x & y"]
+ACCEPTED = [
+    'say "hi"',
+    "back\\slash",
+    "$(rm -rf x)",
+    "${x}",
+    "🐱 cat",
+    "x" * 200,
+    "_background",
+    "# <i>x & y",
+]
 REFUSED = {
     "new\nline": "'\\n'",
     "carriage\rreturn": "'\\r'",
