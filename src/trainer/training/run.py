@@ -34,6 +34,7 @@ from trainer.training.callbacks import (
     evaluation_results,
     write_evaluation,
 )
+from trainer.training.guards import Interrupted, SaveOnInterrupt, StopOnNonFiniteLoss, interrupts_say
 from trainer.training.metrics import mai_score
 from trainer.training.module import ClassifierModule, run_record
 from trainer.training.speed import resolve_memory_format, resolve_precision
@@ -107,9 +108,10 @@ def build_trainer(
             "callbacks: a run needs a ModelCheckpoint with a monitor (callbacks.checkpoint) to keep its best"
         )
     settings = {"precision": resolve_precision(cfg.trainer), **cpu_overrides(cfg.trainer), **overrides}
+    guards = [SaveOnInterrupt(Path(run_dir) / "checkpoints"), StopOnNonFiniteLoss()]  # not optional
     trainer = instantiate(
         cfg.trainer,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *guards],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
@@ -159,7 +161,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer, throughput, checkpoints = build_trainer(cfg, run_dir)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except (KeyboardInterrupt, SystemExit, Interrupted):  # Lightning's ways out on SIGINT and SIGTERM
+        saver = next(c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt))
+        if saver.signum is None:
+            raise
+        raise saver.interrupted() from None
     train_seconds = time.perf_counter() - started
 
     best = checkpoints.best_model_path
@@ -206,7 +214,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("Trained: val top-1 %.4f (%s)", metrics["val_top1"], run_dir / "metrics.json")
     manifest = None
     if cfg.export.enabled:
-        manifest = export_trained(classifier, record, cfg.export, run_dir / "export", index, metrics)
+        with interrupts_say("export", f"the model is trained: export it with scripts/export.py ckpt={best}"):
+            manifest = export_trained(classifier, record, cfg.export, run_dir / "export", index, metrics)
         log.info("Exported %d artifacts to %s", len(manifest["artifacts"]), run_dir / "export")
         metrics.update(export_summary(manifest, metrics, cfg.dataset.get("mai_score", False)))
         write_json(run_dir / "metrics.json", metrics)

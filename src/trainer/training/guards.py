@@ -1,0 +1,105 @@
+"""What stops a run early, and how: Ctrl-C (SIGINT) and SIGTERM (a scheduler, `docker stop`) save
+`last.ckpt` and end with one line on how to resume and exit 130 / 143; a NaN or infinite loss stops at once.
+
+Lightning turns SIGTERM into a `SystemExit` without a code (exit 0, looks like success) and Ctrl-C into
+`sys.exit(1)`; both reach the callbacks' `on_exception` first, where the checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+
+
+class Interrupted(BaseException):
+    """A signal ended the job; `code` is the shell's 128 + signal number. A BaseException, like
+    KeyboardInterrupt, so that no library's `except Exception` swallows it."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+        self.code = 128 + self.signum
+
+
+@contextmanager
+def interrupts_say(what: str, after: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside the block end the job in one line: `what` stopped by which signal, `after`."""
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        raise Interrupted(signum, f"{what} stopped by {SIGNAL_NAMES[signum]}; {after}") from None
+
+
+class NonFiniteLoss(ValueError):
+    """The training loss became NaN or infinite: the weights are lost, training cannot recover."""
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum, f"stopped by {SIGNAL_NAMES.get(signum, signum)}")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises `Interrupted` (exit 143 with one line) instead of killing the process mid-write.
+
+    During `fit` Lightning adds its own handler in front of this one; `SaveOnInterrupt` then stops it at the
+    next batch.
+    """
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+
+
+def resume_command(last: Path) -> str:
+    """This command line again, with `ckpt_path=` pointing at `last`."""
+    args = [a for a in sys.argv[1:] if not a.startswith("ckpt_path=")]
+    return shlex.join(["python", Path(sys.argv[0]).name, *args, f"ckpt_path={last}"])
+
+
+class SaveOnInterrupt(L.Callback):
+    """On Ctrl-C or SIGTERM during `fit`, save `last.ckpt` in `checkpoints_dir` and remember the signal."""
+
+    def __init__(self, checkpoints_dir: Path) -> None:
+        self.last = Path(checkpoints_dir) / "last.ckpt"
+        self.signum: int | None = None
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.signum = signal.SIGINT
+        elif isinstance(exception, SystemExit | Interrupted):  # Lightning's SIGTERMException is a SystemExit
+            self.signum = signal.SIGTERM
+        else:
+            return
+        trainer.save_checkpoint(self.last)
+
+    def interrupted(self) -> Interrupted:
+        """The one line for the console: what stopped training, where the checkpoint is, how to resume."""
+        name = SIGNAL_NAMES.get(self.signum, str(self.signum))
+        return Interrupted(
+            self.signum or signal.SIGTERM,
+            f"training stopped by {name}; saved {self.last}. Resume with: {resume_command(self.last)}",
+        )
+
+
+EXPORT_KEPT = "the export folder keeps its previous contents, unchanged"
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """A NaN or infinite training loss stops the run at once, naming the setting that usually causes it."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, idx) -> None:  # noqa: ANN001
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not math.isfinite(float(loss)):
+            lr = module.hparams.get("config", {}).get("optim", {}).get("lr", "?")
+            raise NonFiniteLoss(
+                f"the training loss is {float(loss)} at epoch {trainer.current_epoch + 1} batch {idx + 1}: "
+                f"the learning rate is likely too high (optim.lr={lr}); lower it, e.g. optim.lr=1e-3"
+            )
