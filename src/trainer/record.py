@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from trainer.data.data_config import data_config_from_record
 from trainer.data.index import DatasetIndex, build_index
+from trainer.export.keep import checkpoint_identity
 from trainer.export.pipeline import export_all
 from trainer.models import Classifier, build_classifier, headless_copy
 from trainer.models.families import MobileNetV1Family, TimmFamily, TorchvisionFamily
@@ -121,9 +122,11 @@ def export_trained(
     out_dir: Path,
     index: DatasetIndex | None = None,
     metrics: dict[str, Any] | None = None,
+    checkpoint: Path | str | None = None,
 ) -> dict[str, Any]:
     """Export `classifier` with everything the run knows: classes, the data config the run resolved (kept in
-    the checkpoint: every input and the app's preprocessing follow it), val images, metrics."""
+    the checkpoint: every input and the app's preprocessing follow it), val images, metrics, and the
+    `checkpoint` file it was loaded from (named in every manifest entry)."""
     config = OmegaConf.create(record["config"])
     if index is None:  # from a checkpoint: the same dataset config finds the same images
         index = build_index(config.dataset)
@@ -151,4 +154,5 @@ def export_trained(
         else None,
         head=model.get_submodule(classifier.head_name),
         train_samples=index.train,
+        checkpoint=checkpoint_identity(checkpoint) if checkpoint else None,
     )

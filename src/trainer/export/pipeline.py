@@ -27,6 +27,7 @@ from trainer.export.handoff.model_card import write_model_card
 from trainer.export.handoff.names import CARD_NAME, swift_package, tflite_model, write_labels
 from trainer.export.handoff.swift import write_swift
 from trainer.export.job import ExportJob
+from trainer.export.keep import artifacts_to_keep, copy_kept
 from trainer.export.manifest import MANIFEST_NAME, staged_folder, write_manifest
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import latency_ms, load_inputs, run_batches, top1, torch_predictor
@@ -60,10 +61,11 @@ def export_all(model: nn.Module, *, out_dir: Path, **kwargs: Any) -> dict:
     """Export `model` into `out_dir` (see `_export_into` for the arguments); returns the manifest.
 
     The export is built in a hidden folder beside `out_dir` and replaces it only once complete, so a crash
-    or an interrupt keeps the previous export whole.
+    or an interrupt keeps the previous export whole; the previous export's artifacts of other formats are
+    carried over (keep.py).
     """
     with staged_folder(Path(out_dir)) as work:
-        manifest = _export_into(model, out_dir=work, **kwargs)
+        manifest = _export_into(model, out_dir=work, previous=Path(out_dir), **kwargs)
     if manifest["errors"]:
         log.error(
             "export finished with %d error(s); see %s", len(manifest["errors"]), Path(out_dir) / MANIFEST_NAME
@@ -84,6 +86,8 @@ def _export_into(
     headless: nn.Module | None = None,
     head: nn.Module | None = None,
     train_samples: Sequence[tuple[str, int]] = (),
+    checkpoint: dict[str, str] | None = None,
+    previous: Path | None = None,
 ) -> dict:
     """Export `model` in every configured format to `out_dir`, verify each, and write manifest.json.
 
@@ -92,12 +96,20 @@ def _export_into(
     training images for int8 calibration; `provenance` (backbone, dataset, val metrics, config hash, ...) goes
     into the Core ML models, the manifest and the model card.
     `headless` (the model without its head), `head` and the labelled `train_samples` feed the feature
-    extractor and UpdatableClassifier exports (`export.headless`, `export.updatable`).
+    extractor and UpdatableClassifier exports (`export.headless`, `export.updatable`). `checkpoint` (path and
+    sha256, keep.py) is recorded in every entry; with it, `previous` export's other formats are kept.
     Returns the manifest. Failed formats are listed in its `errors` (never raised): exit non-zero on them.
     Raises ValueError for an invalid `cfg` before anything is written.
     """
     settings = ExportSettings.from_config(cfg)
     settings.on_device.check_data(settings.updatable, classes, [label for _, label in train_samples])
+    carried = (
+        artifacts_to_keep(
+            previous, settings.formats, list(classes), checkpoint, settings.keep_other_checkpoints
+        )
+        if previous
+        else []
+    )
     model = copy.deepcopy(model).cpu().eval()
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
 
@@ -143,6 +155,11 @@ def _export_into(
         from trainer.export.updatable.export import export_updatable
 
         updatable_swift = export_updatable(job, headless=headless, head=head, train_samples=train_samples)
+    for entry in job.artifacts:
+        entry["checkpoint"] = checkpoint["sha256"] if checkpoint else None
+    if carried and previous:
+        copy_kept(previous, out_dir, carried)
+        job.artifacts.extend(carried)
 
     manifest: dict[str, Any] = {
         "classes": list(classes),
@@ -155,6 +172,7 @@ def _export_into(
         "license": settings.license,
         "version": settings.version,
         "metadata": provenance,
+        "checkpoint": checkpoint,
         "val_images": len(inputs),
         "unreadable_images": unreadable,
         "pytorch_val_top1": top1(job.reference, job.labels),

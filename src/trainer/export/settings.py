@@ -171,6 +171,7 @@ class ExportSettings:
     license: str | None = MISSING
     version: str | None = MISSING
     description: str = MISSING
+    keep_other_checkpoints: bool = False  # a default: configs saved in older checkpoints lack it
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> ExportSettings:
@@ -188,6 +189,11 @@ class ExportSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
+        if self.enabled and not self.formats:
+            raise ValueError(
+                "export.formats=[] exports nothing: list formats, e.g. export.formats=[onnx], or turn the "
+                "export off with export.enabled=false"
+            )
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ValueError(unknown_formats_message(unknown))

@@ -215,7 +215,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     manifest = None
     if cfg.export.enabled:
         with interrupts_say("export", f"the model is trained: export it with scripts/export.py ckpt={best}"):
-            manifest = export_trained(classifier, record, cfg.export, run_dir / "export", index, metrics)
+            manifest = export_trained(
+                classifier, record, cfg.export, run_dir / "export", index, metrics, checkpoint=best
+            )
         log.info("Exported %d artifacts to %s", len(manifest["artifacts"]), run_dir / "export")
         metrics.update(export_summary(manifest, metrics, cfg.dataset.get("mai_score", False)))
         write_json(run_dir / "metrics.json", metrics)
