@@ -15,6 +15,7 @@ from trainer.export.keep import checkpoint_identity
 from trainer.export.pipeline import export_all
 from trainer.models import Classifier, build_classifier, headless_copy
 from trainer.models.families import MobileNetV1Family, TimmFamily, TorchvisionFamily
+from trainer.utils.files import check_zip_sizes
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict[str, Any]:
             f"{setting}={path}: no such file; give a run's checkpoints/last.ckpt or best.ckpt"
         )
     try:
+        check_zip_sizes(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
