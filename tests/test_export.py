@@ -667,3 +667,24 @@ def test_real_photos(tmp_path: Path) -> None:
     )
     assert manifest["errors"] == [] and manifest["val_images"] == 16
     assert entry(manifest, "model.onnx")["top1_agreement"] >= 0.995
+
+
+def test_export_of_a_nan_model_fails_its_gate(tmp_path: Path) -> None:
+    """Defect: a NaN model exported as "passed, 100% agreement" (argmax of NaN agrees with itself)."""
+    model = tiny_net()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(float("nan"))
+    samples = make_images(tmp_path / "images", per_class=2, seed=2)
+    manifest = export_all(
+        model,
+        classes=CLASSES,
+        data_config=DATA_CONFIG,
+        out_dir=tmp_path / "export",
+        cfg=export_config(formats=["onnx"], **{"onnx.int8": False}),
+        calibration_paths=[p for p, _ in samples],
+        val_samples=samples,
+        provenance=METADATA,
+    )
+    assert [e["artifact"] for e in manifest["errors"]] == ["PyTorch reference"]
+    assert "NaN or infinite" in manifest["errors"][0]["error"]

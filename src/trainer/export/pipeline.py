@@ -140,6 +140,14 @@ def _export_into(
     )
     if not len(inputs):
         job.warnings.append("no readable val images: the artifacts were exported but not verified")
+    elif not np.isfinite(job.reference).all():  # argmax of NaN agrees with itself: every gate would pass
+        job.fail(
+            "PyTorch reference",
+            [
+                "the model's own outputs on the val images are NaN or infinite, so no artifact can be "
+                "checked: its weights are broken (did training diverge? lower optim.lr)"
+            ],
+        )
 
     chosen = [row for name, row in FORMATS.items() if name in settings.formats]
     for row in chosen:
