@@ -54,7 +54,7 @@ def index_class_folders(folder: Path) -> dict[str, list[str]]:
     if empty:
         raise DatasetLayoutError(
             f"class folder(s) with no images in {folder}: {', '.join(empty)}. "
-            "Add images (jpg, png, bmp, webp, tiff, gif) or remove the folder."
+            "Add images (jpg, png, bmp, webp, tiff, gif, heic) or remove the folder."
         )
     return files
 
