@@ -3,6 +3,10 @@ are escaped wherever they are written (Swift, Kotlin, Markdown)."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+
 import pytest
 from conftest import make_class_folder
 
@@ -106,3 +110,85 @@ def test_markdown_text_shows_markup_as_text():
     assert markdown_text("<script>alert(1)</script>") == "&lt;script&gt;alert\\(1\\)&lt;/script&gt;"
     assert markdown_text("# heading\n- item") == "\\# heading \\- item"
     assert markdown_text("plain name") == "plain name"
+
+
+_SWIFT_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def _swift_literals(source: str) -> tuple[str, list[str]]:
+    """The source with every string literal replaced by "S" (its token stream), and the literals' values."""
+    values = [_swift_literal_value(m.group()) for m in _SWIFT_LITERAL.finditer(source)]
+    return _SWIFT_LITERAL.sub('"S"', source), values
+
+
+def _coreml_labels(package) -> list[str]:
+    """The class labels an ML Program's classify op holds (a const op's string tensor)."""
+    import coremltools as ct
+
+    main = ct.utils.load_spec(str(package)).mlProgram.functions["main"]
+    ops = main.block_specializations[main.opset].operations
+    classify = next(op for op in ops if op.type == "classify")
+    binding = classify.inputs["classes"].arguments[0]
+    const = next(op for op in ops if any(o.name == binding.name for o in op.outputs))
+    return list(const.attributes["val"].immediateValue.tensor.strings.values)
+
+
+@pytest.mark.slow
+def test_hostile_names_round_trip_through_every_artifact(tmp_path):
+    """Train the accepted hostile names tiny and export every format available here: labels.txt has one line
+    per class, each name comes back exactly from every runtime's metadata and the generated code, and the
+    generated Swift means the same as it does for plain names."""
+    import onnx
+
+    from trainer.cli import compose_config
+    from trainer.export.formats import FORMATS
+    from trainer.training.run import train
+
+    root = tmp_path / "photos"
+    make_class_folder(root / "train", dict.fromkeys(ACCEPTED, 3))
+    make_class_folder(root / "val", dict.fromkeys(ACCEPTED, 1))
+    formats = [name for name, row in FORMATS.items() if not row.missing()]
+    overrides = [
+        "model=demo",
+        "model.alpha=0.25",
+        "dataset.image_size=32",
+        "dataset.batch_size=8",
+        "trainer.max_epochs=1",
+        "dataset=folder",
+        f"dataset.root={root}",
+        f"export.formats=[{','.join(formats)}]",
+        "export.coreml.quantize=[fp16]",
+        "export.onnx.int8=false",
+        "export.litert.fp16=false",
+        "export.litert.int8=false",
+        "export.executorch.int8=false",
+        "export.updatable=knn",
+        "export.on_device.samples_per_class=2",
+        "export.latency.runs=1",
+        "export.latency.warmup=0",
+    ]
+    metrics = train(compose_config(overrides, output_dir=str(tmp_path / "run")))
+    shutil.copytree(tmp_path / "run" / "export", "/tmp/i21-hostile-export", dirs_exist_ok=True)
+    names = sorted(ACCEPTED)
+    assert metrics["classes"] == names
+    out = tmp_path / "run" / "export"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == names and manifest["errors"] == []
+    assert (out / "labels.txt").read_text(encoding="utf-8").split("\n") == [*names, ""]
+    model = onnx.load(out / "model.onnx")
+    assert json.loads({p.key: p.value for p in model.metadata_props}["labels"]) == names
+    coreml = next(a for a in manifest["artifacts"] if a["format"] == "coreml" and a["kind"] == "classifier")
+    assert _coreml_labels(out / coreml["path"]) == names
+    if "litert" in formats:
+        from trainer.export.converters.litert.flatbuffer import read_metadata
+
+        assert read_metadata(out / "model.tflite")["classes"] == names
+        assert not any(name in (out / "Classifier.kt").read_text() for name in names if len(name) > 3)
+    card = (out / "README.md").read_text()
+    assert all(f". {markdown_text(name)}\n" in card for name in names) and "<i>" not in card
+    hostile = (out / "UpdatableClassifier.swift").read_text()
+    plain = swift_updatable("knn", 32, (names[0], names[-1]))
+    assert hostile == plain  # what the export wrote is what the generator makes for these names
+    tokens, literals = _swift_literals(hostile)
+    assert tokens == _swift_literals(swift_updatable("knn", 32, ("a", "b")))[0], "the code means the same"
+    assert names[0] in literals and names[-1] in literals

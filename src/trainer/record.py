@@ -95,6 +95,12 @@ def read_resume_checkpoint(path: str | Path, cfg: Any) -> dict[str, Any]:
             f"ckpt_path={path} cannot resume training (no {', '.join(missing)}): give checkpoints/last.ckpt"
         )
     record = ckpt[RECORD]
+    saved_size = record["config"].get("dataset", {}).get("image_size")
+    if saved_size is not None and saved_size != cfg.dataset.get("image_size"):
+        raise CheckpointError(
+            f"ckpt_path={path} was trained at dataset.image_size={saved_size}, this run has "
+            f"dataset.image_size={cfg.dataset.get('image_size')}: resume with the run's own settings"
+        )
     saved = record["config"]["model"]
     for key in ("name", "_target_", "alpha"):
         if saved.get(key) != cfg.model.get(key):
@@ -110,7 +116,7 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     ckpt = read_checkpoint(path)
     record = ckpt[RECORD]
     model_cfg = {**record["config"]["model"], "pretrained": False}  # the checkpoint holds every weight
-    classifier = build_classifier(model_cfg, len(record["classes"]))
+    classifier = build_classifier(model_cfg, len(record["classes"]), restoring=True)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     classifier.model.load_state_dict(state)
     classifier.model.eval()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from filelock import FileLock, Timeout
 
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
@@ -103,3 +104,22 @@ class StopOnNonFiniteLoss(L.Callback):
                 f"the training loss is {float(loss)} at epoch {trainer.current_epoch + 1} batch {idx + 1}: "
                 f"the learning rate is likely too high (optim.lr={lr}); lower it, e.g. optim.lr=1e-3"
             )
+
+
+def claim_run_folder(run_dir: Path, resuming: bool) -> FileLock:
+    """Hold `run_dir` for this run (keep the returned lock while training): a second train.py into the same
+    folder, at once or later without `ckpt_path=`, stops with one line instead of mixing two runs' files."""
+    lock = FileLock(run_dir / ".run.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(
+            f"another train.py is running in {run_dir}: choose another folder with hydra.run.dir=DIR"
+        ) from None
+    if (run_dir / "checkpoints").is_dir() and not resuming:
+        lock.release()
+        raise ValueError(
+            f"{run_dir} already holds a run (checkpoints/): choose another folder with hydra.run.dir=DIR, "
+            f"or resume it with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+        )
+    return lock

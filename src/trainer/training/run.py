@@ -34,7 +34,13 @@ from trainer.training.callbacks import (
     evaluation_results,
     write_evaluation,
 )
-from trainer.training.guards import Interrupted, SaveOnInterrupt, StopOnNonFiniteLoss, interrupts_say
+from trainer.training.guards import (
+    Interrupted,
+    SaveOnInterrupt,
+    StopOnNonFiniteLoss,
+    claim_run_folder,
+    interrupts_say,
+)
 from trainer.training.metrics import mai_score
 from trainer.training.module import ClassifierModule, run_record
 from trainer.training.speed import resolve_memory_format, resolve_precision
@@ -127,6 +133,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resumed = check_train_settings(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # rank 0 holds the folder until train() returns: a second train.py into it stops with one line
+    run_lock = claim_run_folder(run_dir, resumed is not None) if rank_zero_only.rank == 0 else None  # noqa: F841
     L.seed_everything(cfg.seed, workers=True)
     apply_cpu_threads(cfg)
 
@@ -150,7 +158,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.export.enabled:  # a bad export setting fails now, not after training
         settings = ExportSettings.from_config(cfg.export)
         settings.on_device.check_data(settings.updatable, index.classes, [label for _, label in index.train])
-    classifier = build_classifier(cfg.model, index.num_classes)
+    classifier = build_classifier(cfg.model, index.num_classes, restoring=resumed is not None)
     data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
     image_size = data_config.size
     log.info("Eval preprocessing: %s", data_config.describe())
