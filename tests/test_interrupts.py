@@ -117,3 +117,28 @@ def test_nan_loss_stops_training_at_once_naming_the_learning_rate(tmp_path, tiny
     assert "epoch 3/" not in text and time.perf_counter() - started < 120
     log_file = next((tmp_path / "run").glob("*.log"))
     assert "Traceback" in log_file.read_text()  # the full trace stays in the log
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (OSError(28, "No space left on device", "/out/model.onnx"), 1, "no space left on the device writing"),
+        (KeyboardInterrupt(), 130, "stopped by Ctrl-C (SIGINT)"),
+    ],
+)
+def test_disk_full_and_ctrl_c_end_in_one_line(error, code, line, caplog):
+    """Poor: disk full printed a 15-line traceback; Ctrl-C during export a 32-300-frame one."""
+    from omegaconf import OmegaConf
+
+    from trainer.cli import exit_on_user_error
+
+    def job(cfg):
+        raise error
+
+    with caplog.at_level("INFO"), pytest.raises(SystemExit) as exited:
+        exit_on_user_error(job, OmegaConf.create({}))
+    assert exited.value.code == code
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and line in errors[0]
+    assert any(r.name == "trace" and r.exc_info for r in caplog.records), "the traceback goes to the log file"
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # exit_on_user_error installed its handler
