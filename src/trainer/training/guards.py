@@ -11,6 +11,7 @@ import math
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +57,8 @@ def stop_on_sigterm() -> None:
     During `fit` Lightning adds its own handler in front of this one; `SaveOnInterrupt` then stops it at the
     next batch.
     """
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+        signal.signal(signal.SIGTERM, _raise_interrupted)
 
 
 def resume_command(last: Path) -> str:
