@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from trainer.export.settings import register_schema
-from trainer.training.guards import EXPORT_KEPT, Interrupted, interrupts_say, stop_on_sigterm
+from trainer.utils.signals import EXPORT_KEPT, Interrupted, interrupts_say, stop_on_sigterm
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger(__name__)

@@ -11,54 +11,16 @@ import math
 import shlex
 import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from filelock import FileLock, Timeout
 
-SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
-
-
-class Interrupted(BaseException):
-    """A signal ended the job; `code` is the shell's 128 + signal number. A BaseException, like
-    KeyboardInterrupt, so that no library's `except Exception` swallows it."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = int(signum)
-        self.code = 128 + self.signum
-
-
-@contextmanager
-def interrupts_say(what: str, after: str) -> Iterator[None]:
-    """Ctrl-C or SIGTERM inside the block end the job in one line: `what` stopped by which signal, `after`."""
-    try:
-        yield
-    except (KeyboardInterrupt, Interrupted) as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        raise Interrupted(signum, f"{what} stopped by {SIGNAL_NAMES[signum]}; {after}") from None
+from trainer.utils.signals import SIGNAL_NAMES, Interrupted
 
 
 class NonFiniteLoss(ValueError):
     """The training loss became NaN or infinite: the weights are lost, training cannot recover."""
-
-
-def _raise_interrupted(signum: int, _frame: Any) -> None:
-    raise Interrupted(signum, f"stopped by {SIGNAL_NAMES.get(signum, signum)}")
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM raises `Interrupted` (exit 143 with one line) instead of killing the process mid-write.
-
-    During `fit` Lightning adds its own handler in front of this one; `SaveOnInterrupt` then stops it at the
-    next batch.
-    """
-    if threading.current_thread() is threading.main_thread():  # signal.signal works only there
-        signal.signal(signal.SIGTERM, _raise_interrupted)
 
 
 def resume_command(last: Path) -> str:
@@ -90,9 +52,6 @@ class SaveOnInterrupt(L.Callback):
             self.signum or signal.SIGTERM,
             f"training stopped by {name}; saved {self.last}. Resume with: {resume_command(self.last)}",
         )
-
-
-EXPORT_KEPT = "the export folder keeps its previous contents, unchanged"
 
 
 class StopOnNonFiniteLoss(L.Callback):

@@ -34,18 +34,13 @@ from trainer.training.callbacks import (
     evaluation_results,
     write_evaluation,
 )
-from trainer.training.guards import (
-    Interrupted,
-    SaveOnInterrupt,
-    StopOnNonFiniteLoss,
-    claim_run_folder,
-    interrupts_say,
-)
+from trainer.training.guards import SaveOnInterrupt, StopOnNonFiniteLoss, claim_run_folder
 from trainer.training.metrics import mai_score
 from trainer.training.module import ClassifierModule, run_record
 from trainer.training.speed import resolve_memory_format, resolve_precision
 from trainer.training.threads import apply_cpu_threads
 from trainer.utils.files import write_json
+from trainer.utils.signals import Interrupted, interrupts_say
 
 log = logging.getLogger(__name__)
 
