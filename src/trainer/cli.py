@@ -89,11 +89,11 @@ def export(cfg: DictConfig) -> None:
     def job(cfg: DictConfig) -> dict:
         if OmegaConf.is_missing(cfg, "ckpt"):
             raise SettingError("scripts/export.py needs ckpt=PATH, a run's checkpoints/best.ckpt")
-        check_export(cfg.export)
+        settings = check_export(cfg.export)
         classifier, record = load_checkpoint(cfg.ckpt)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt).resolve().parents[1] / "export"
         with interrupts_say("export", EXPORT_KEPT):
-            manifest = export_trained(classifier, record, cfg.export, out_dir, checkpoint=cfg.ckpt)
+            manifest = export_trained(classifier, record, settings, out_dir, checkpoint=cfg.ckpt)
         log.info("%s", "\n".join([f"Exported to {out_dir}", *artifact_table(manifest)]))
         if manifest["errors"]:
             raise RuntimeError(failure_message(manifest, out_dir / MANIFEST_NAME))
