@@ -38,6 +38,7 @@ def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_training_saves_last_ckpt_and_says_how_to_resume(tmp_path, tiny_folder, signum):
     """Defect: SIGTERM ended training with exit 0 and nothing said; Ctrl-C with 1 and nothing said."""
@@ -98,6 +99,7 @@ def test_export_without_ckpt_is_one_line(tmp_path):
     assert "needs ckpt=PATH" in text
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_at_once_naming_the_learning_rate(tmp_path, tiny_folder):
     """Defect: a diverging run (optim.lr huge) trained to the end on NaN and exported a NaN model."""
     started = time.perf_counter()

@@ -164,6 +164,7 @@ def test_default_job_runs_offline_on_demo_data(tmp_path):
     assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_second_run_into_one_folder_and_resume_at_another_size_are_refused(tmp_path, tiny_folder, caplog):
     """Poor: a second train.py into a run folder died on "dict contains fields not in fieldnames"; a resume
     at another dataset.image_size switched size silently; both printed "training from scratch"."""
