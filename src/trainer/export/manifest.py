@@ -90,6 +90,7 @@ class ArtifactEntry:
     top1_images_lost_gained: list[int] | None = None  # the images behind top1_drop_vs_fp32
     top1_drop_p_value: float | None = None  # its one-sided sign test
     gate: dict[str, Any] | None = None  # the accuracy gate that ran: rule, value, passed, p_value, on_failure
+    agreement_gate: dict[str, Any] | None = None  # a smaller copy's top1_agreement >= export.min_agreement
     figures: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +45,23 @@ def _spread(items: Sequence[T], count: int | None) -> list[T]:
     if count is None or count >= len(items):
         return list(items)
     return [items[i * len(items) // count] for i in range(count)]
+
+
+def calibration_draw(paths: Sequence[str], label_of: Mapping[str, int], count: int) -> list[str]:
+    """`count` calibration images drawn across classes: places dealt round-robin over the classes (paths
+    without a label form one group), each class's share spread evenly over its images, so every class
+    calibrates the activation ranges, however unequal the class sizes."""
+    if count >= len(paths):
+        return list(paths)
+    groups: dict[int, list[str]] = {}
+    for path in paths:
+        groups.setdefault(label_of.get(path, -1), []).append(path)
+    quota = dict.fromkeys(groups, 0)
+    while sum(quota.values()) < count:
+        for label, members in groups.items():
+            if quota[label] < len(members) and sum(quota.values()) < count:
+                quota[label] += 1
+    return [path for label, members in groups.items() for path in _spread(members, quota[label])]
 
 
 class _Flatten(nn.Module):
@@ -129,7 +146,7 @@ def _export_into(
         example=torch.from_numpy(inputs[:1]) if len(inputs) else torch.randn(1, 3, image_size, image_size),
         model_metadata=ArtifactMetadata.build(classes, data_config, provenance, settings).to_dict(),
         read_calibration=lambda: load_inputs(
-            _spread(calibration_paths, settings.onnx.calibration_images), data_config
+            calibration_draw(calibration_paths, dict(train_samples), settings.calibration.images), data_config
         )[0],
         threads=torch.get_num_threads(),
     )

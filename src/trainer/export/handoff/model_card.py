@@ -19,6 +19,7 @@ from trainer.export.handoff.names import (
     tflite_model,
 )
 from trainer.export.manifest import ArtifactEntry
+from trainer.export.verify import different_answers
 from trainer.utils.files import write_text
 
 
@@ -102,6 +103,14 @@ def _gate_text(check: dict[str, Any] | None) -> str:
     p_value = f", sign-test p {check['p_value']}" if "p_value" in check else ""
     warning = ", a warning" if check.get("on_failure") == "warning" else ""
     return f"gate {check['rule']}: FAILED (measured {check['value']}{p_value}{warning})"
+
+
+def _agreement_text(check: dict[str, Any] | None) -> str:
+    """A smaller copy's agreement gate (verify.agreement_gate) in the words a user needs."""
+    if check is None:
+        return ""
+    verdict = "passed" if check["passed"] else "**FAILED**"
+    return f"; agreement gate {check['rule']}: {verdict}: {different_answers(check)}"
 
 
 def _coreml_checks(artifacts: list[ArtifactEntry], images: int) -> list[str]:
@@ -201,7 +210,8 @@ def model_card(manifest: dict[str, Any]) -> str:
 
 def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
     """How each smaller copy fared on the val images: its top-1 drop against its own format's fp32 artifact
-    (Core ML: against fp32 PyTorch), and the verdict of the gate that ran on it."""
+    (Core ML: against fp32 PyTorch), the verdict of the gate that ran on it, and its agreement gate: how
+    often it answers differently from the fp32 PyTorch model."""
     lines = []
     for a in map(ArtifactEntry.from_dict, manifest["artifacts"]):
         if a.top1_drop_vs_fp32 is not None:
@@ -212,7 +222,7 @@ def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"- `{a.path}`: {drop:+.1f} points of val top-1 lost against {against}, top-1 agreement with it "
-            f"{_pct(agreement)}; {_gate_text(a.gate)}."
+            f"{_pct(agreement)}; {_gate_text(a.gate)}{_agreement_text(a.agreement_gate)}."
         )
     return ["## Quantization on these images", "", *lines, ""] if lines else []
 
