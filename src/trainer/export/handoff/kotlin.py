@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.data.data_config import DataConfig
-from trainer.export.handoff import EXIFINTERFACE_DEPENDENCY, KOTLIN_NAME, LABELS_NAME, LITERT_DEPENDENCY
+from trainer.export.handoff.names import EXIFINTERFACE_DEPENDENCY, KOTLIN_NAME, LABELS_NAME, LITERT_DEPENDENCY
 from trainer.utils.files import write_text
 
 # BitmapFactory ignores EXIF orientation, so below API 28 it is read with ExifInterface and applied with a
