@@ -41,15 +41,41 @@ from trainer.training.run import train
 RECIPES: dict[str, list[str]] = {
     "defaults": [],
     "plain": [],
-    # The defaults before the linear probe (c787122: backbone lr x0.2, no probe).
-    "old_defaults": ["finetune.linear_probe=false"],
-    "no_lp+backbone_lr_1.0": ["finetune.linear_probe=false", "finetune.backbone_lr_mult=1.0"],
+    # Earlier defaults, spelled out: before the linear probe (c787122), and LP-FT as it shipped (81bcd53).
+    "old_defaults": [
+        "finetune.linear_probe=false",
+        "finetune.backbone_lr_mult=0.2",
+        "finetune.freeze_bn=false",
+    ],
+    "lp_ft": [
+        "finetune.linear_probe=true",
+        "finetune.probed_lr_mult=0.3",
+        "finetune.backbone_lr_mult=0.2",
+        "finetune.freeze_bn=false",
+    ],
+    "no_lp+backbone_lr_1.0": [
+        "finetune.linear_probe=false",
+        "finetune.backbone_lr_mult=1.0",
+        "finetune.freeze_bn=false",
+    ],
     "no_lp+backbone_lr_1.0+scale_0.35": [
         "finetune.linear_probe=false",
         "finetune.backbone_lr_mult=1.0",
         "augment.scale=[0.35,1.0]",
     ],
-    "lp+lr_x1+backbone_lr_1.0": ["finetune.probed_lr_mult=1.0", "finetune.backbone_lr_mult=1.0"],
+    "lp+freeze_bn+fp32": ["finetune.freeze_bn=true", "trainer.precision=32-true", "memory_format=contiguous"],
+    "lp+freeze_bn+no_smoothing": ["finetune.freeze_bn=true", "augment.label_smoothing=0.0"],
+    "lp+freeze_bn+lr_x1": ["finetune.freeze_bn=true", "finetune.probed_lr_mult=1.0"],
+    "lp+freeze_bn+lr_x1+backbone_lr_1.0": [
+        "finetune.freeze_bn=true",
+        "finetune.probed_lr_mult=1.0",
+        "finetune.backbone_lr_mult=1.0",
+    ],
+    "lp+lr_x1+backbone_lr_1.0": [
+        "finetune.probed_lr_mult=1.0",
+        "finetune.backbone_lr_mult=1.0",
+        "finetune.freeze_bn=false",
+    ],
     "plain_b4": ["dataset.batch_size=4"],
     "scale_0.25": ["augment.scale=[0.25,1.0]"],
     "scale_0.35": ["augment.scale=[0.35,1.0]"],
@@ -129,12 +155,16 @@ def subsample_folder(root: Path, per_class: int, out: Path) -> Path:
     return out
 
 
-def suite_sets(suite: Path) -> list[Path]:
-    """The photo sets of a suite folder: each sub-folder with train/ and val/, by name."""
+def suite_sets(suite: Path, names: list[str] | None = None) -> list[Path]:
+    """The photo sets of a suite folder: each sub-folder with train/ and val/, by name (only `names`)."""
     sets = sorted(d for d in suite.iterdir() if (d / "train").is_dir() and (d / "val").is_dir())
     if not sets:
         raise SystemExit(f"--suite {suite}: no <set>/train/ + <set>/val/ folders in it; point it at a suite")
-    return sets
+    unknown = sorted(set(names or []) - {d.name for d in sets})
+    if unknown:
+        have = " ".join(d.name for d in sets)
+        raise SystemExit(f"--sets {' '.join(unknown)}: not in --suite {suite}; pick from: {have}")
+    return [d for d in sets if not names or d.name in names]
 
 
 def run_recipe(
@@ -217,6 +247,7 @@ def main(argv: list[str]) -> None:
         metavar="DIR",
         help="run every recipe on every DIR/<set>/{train,val}/ (dataset.root is set per set)",
     )
+    parser.add_argument("--sets", nargs="+", metavar="NAME", help="with --suite: only these sets")
     parser.add_argument(
         "--max-train-per-class",
         type=int,
@@ -235,7 +266,7 @@ def main(argv: list[str]) -> None:
     bases = [args.base]
     if args.suite:
         shared = [o for o in args.base if not o.startswith(("dataset=", "dataset.root="))]
-        bases = [[*shared, "dataset=folder", f"dataset.root={d}"] for d in suite_sets(args.suite)]
+        bases = [[*shared, "dataset=folder", f"dataset.root={d}"] for d in suite_sets(args.suite, args.sets)]
     for size, epochs, seed, base, name in itertools.product(
         args.sizes, args.epochs, args.seeds, bases, args.recipes
     ):
