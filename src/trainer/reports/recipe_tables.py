@@ -83,9 +83,8 @@ def _one_setting(setting: tuple, runs: dict[str, dict[str, list[dict]]]) -> str:
     ]
     for data, cells in by_set.items():
         lines.append(f"| {data} | " + " | ".join(str(cells.get(n, "")) for n in recipes) + " |")
-    lines.append(
-        f"| mean over {len(common)} sets | " + " | ".join(f"{100 * mean[n]:.1f}" for n in recipes) + " |"
-    )
+    means = (f"{100 * mean[n]:.1f}" if common else "" for n in recipes)
+    lines.append(f"| mean over {len(common)} sets | " + " | ".join(means) + " |")
     lines.append(
         "| average rank | "
         + " | ".join(f"{sum(r[n] for r in ranks) / len(ranks):.1f}" if ranks else "" for n in recipes)
@@ -100,6 +99,8 @@ def _wtl(by_set: dict[str, dict[str, Cell]], name: str) -> str:
     if name == PLAIN:
         return ""
     pairs = [(c[name], c[PLAIN]) for c in by_set.values() if name in c and PLAIN in c]
+    if not pairs:
+        return ""
     wins = sum(cell.top1 > plain.high for cell, plain in pairs)
     losses = sum(cell.top1 < plain.low for cell, plain in pairs)
     return f"{wins}/{len(pairs) - wins - losses}/{losses}"

@@ -34,7 +34,8 @@ class FinetuneSchedule(L.Callback):
     what the head will see at inference time (Lightning's BaseFinetuning switches them to batch statistics).
     `freeze_bn="probed"` freezes them when the run starts from a head fitted by the linear probe: that head
     was fitted on features under the pretrained statistics, and statistics re-estimated from augmented train
-    batches moved the features under it (val top-1 fell epoch by epoch on 5 of 8 photo sets, docs/recipes.md).
+    batches moved the features under it (val top-1 fell from the first epoch to the last on all 8 suite sets,
+    docs/recipes.md).
     """
 
     def __init__(self, freeze_epochs: int = 0, freeze_bn: bool | str = False) -> None:
