@@ -7,7 +7,7 @@ model, as in Core ML. Output: (1, classes) logits. fp16 stores the weights as fl
 the CPU, used as is by the GPU delegate); int8 is full-integer post-training quantization (int8 weights per
 channel and activations, min/max calibrated on training images) with QUANTIZE / DEQUANTIZE ops added at the
 ends, so its input and output stay float32 and the app code is the same for all three. The classes, mean/std
-and the input layout are stored in the model's metadata (entry `trainer`, JSON: litert_flatbuffer.py).
+and the input layout are stored in the model's metadata (entry `trainer`, JSON: flatbuffer.py).
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ import torch
 from torch import nn
 
 from trainer.export.converters.litert.flatbuffer import float_io, signature, with_metadata
+from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
 from trainer.export.manifest import sha256, size_bytes
+from trainer.export.pixels import PixelNormalization
 from trainer.export.verify import Predict, measured_metadata
 from trainer.utils.files import atomic_output
 from trainer.utils.native_output import native_output_to_log
 
-FILES = {"fp32": "model.tflite", "fp16": "model_fp16.tflite", "int8": "model_int8.tflite"}
+FORMAT = FORMATS["litert"]
 INT8_RECIPE = (
     "full-integer static PTQ (ai-edge-quantizer static_wi8_ai8): per-channel int8 weights, int8 activations, "
     "min/max over all calibration images; float32 input and output"
@@ -45,9 +47,9 @@ class PixelsNHWC(nn.Module):
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.model = model
-        std64, mean64 = np.asarray(std, np.float64), np.asarray(mean, np.float64)
-        self.register_buffer("scale", _channels(1.0 / (255.0 * std64)))
-        self.register_buffer("shift", _channels(-mean64 / std64))
+        norm = PixelNormalization.of(mean, std)
+        self.register_buffer("scale", _channels(norm.scale))
+        self.register_buffer("shift", _channels(norm.shift))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixels.permute(0, 3, 1, 2) * self.scale + self.shift)
@@ -60,13 +62,13 @@ def _channels(values: np.ndarray) -> torch.Tensor:
 def to_pixels(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Normalized NCHW inputs back to the NHWC 0-255 float pixels the app passes (not rounded: the fp32
     comparison must see the same image PyTorch saw)."""
-    pixels = (inputs * np.reshape(std, (1, 3, 1, 1)) + np.reshape(mean, (1, 3, 1, 1))) * 255.0
+    pixels = PixelNormalization.of(mean, std).pixels(inputs)
     return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1), dtype=np.float32)
 
 
 def export(job: ExportJob) -> None:
     """model.tflite (must match PyTorch), then with litert.fp16 / litert.int8 the smaller copies of it."""
-    path = job.out_dir / FILES["fp32"]
+    path = job.out_dir / FORMAT.file("fp32")
     fp32_bytes, fp32_outputs = None, None
     with job.guard("litert_fp32"):
         fp32_bytes = _convert(PixelsNHWC(job.model, job.mean, job.std).eval(), job.image_size)
@@ -83,7 +85,7 @@ def export(job: ExportJob) -> None:
 
 def _quantized(job: ExportJob, precision: str, fp32_bytes: bytes, fp32_outputs: np.ndarray) -> None:
     """model_fp16.tflite or model_int8.tflite, run on the val images and compared with the fp32 model."""
-    path = job.out_dir / FILES[precision]
+    path = job.out_dir / FORMAT.file(precision)
     if precision == "fp16":
         model_bytes = _fp16(fp32_bytes)
         _write(job, path, model_bytes, {"precision": precision})
