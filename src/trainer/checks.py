@@ -135,6 +135,9 @@ def check_training(cfg: DictConfig) -> None:
     number(cfg, "finetune.backbone_lr_mult", low=0, example=0.5)
     number(cfg, "finetune.probed_lr_mult", low=0, low_open=True, example=0.3)
     number(cfg, "finetune.linear_probe_images_per_class", low=1, example=100, integer=True)
+    if _get(cfg, "finetune.freeze_bn") not in (True, False, "probed"):
+        allowed = "true, false or probed (frozen when the head starts from the linear probe)"
+        raise setting_error("finetune.freeze_bn", _get(cfg, "finetune.freeze_bn"), allowed, "probed")
     number(cfg, "seed", low=0, high=2**32 - 1, example=42, integer=True)
     if _get(cfg, "threads") is not None:
         cores = usable_cpus()
