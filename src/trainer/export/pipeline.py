@@ -175,7 +175,8 @@ def _export_into(
         manifest["handoff"].append(write_labels(out_dir, classes))
         package = swift_package(job.artifacts)
         if package:
-            manifest["handoff"].append(write_swift(out_dir, package, data_config))
+            target = settings.coreml.minimum_deployment_target
+            manifest["handoff"].append(write_swift(out_dir, package, data_config, target))
         else:
             job.skip("Classifier.swift", "no Core ML classifier was exported")
         tflite = tflite_model(job.artifacts)

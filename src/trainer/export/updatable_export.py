@@ -166,7 +166,7 @@ def export_updatable(
     if not path.exists():
         return None
     examples = (classes[0], "a label the model has never seen" if kind == "knn" else classes[-1])
-    return write_updatable_swift(job.out_dir, kind, image_size, examples)
+    return write_updatable_swift(job.out_dir, kind, data_config, examples)
 
 
 def _measure(
