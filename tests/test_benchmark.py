@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trainer.cli import CONFIG_DIR
-from trainer.export.torchscript import export_torchscript
+from trainer.export.converters.torchscript import export_torchscript
 from trainer.models import build_classifier, count_macs, count_params
 from trainer.reports import build_report
 from trainer.reports.benchmark import run_benchmark, time_predictor

@@ -19,7 +19,7 @@ import torch
 
 from trainer.cli import compose_config
 from trainer.data.sources.demo import DEMO_CLASSES
-from trainer.export.checkpoint import load_checkpoint
+from trainer.record import load_checkpoint
 from trainer.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]

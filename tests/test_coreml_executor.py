@@ -18,9 +18,10 @@ from test_backbone_conversion import lively
 from test_export import CLASSES, MEAN, STD, export_config
 from torch import nn
 
-from trainer.export import coreml_convert, coreml_spec
-from trainer.export.coreml_executor import CoreMLExecutor
-from trainer.export.coreml_verify import (
+from trainer.export.converters.coreml import convert as coreml_convert
+from trainer.export.converters.coreml import spec as coreml_spec
+from trainer.export.converters.coreml.executor import CoreMLExecutor
+from trainer.export.converters.coreml.gates import (
     gate,
     gate_problem,
     measure,

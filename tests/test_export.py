@@ -28,13 +28,15 @@ from trainer.cli import compose_config
 from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
-from trainer.export import coreml_convert, coreml_spec, coreml_target
-from trainer.export import onnx as onnx_format
-from trainer.export.coreml_verify import RUNTIME
-from trainer.export.handoff import xcode_class_name
+from trainer.export.converters import onnx as onnx_format
+from trainer.export.converters.coreml import convert as coreml_convert
+from trainer.export.converters.coreml import spec as coreml_spec
+from trainer.export.converters.coreml import target as coreml_target
+from trainer.export.converters.coreml.gates import RUNTIME
+from trainer.export.converters.torchscript import lite_unavailable_reason
+from trainer.export.handoff.names import xcode_class_name
 from trainer.export.manifest import sha256, size_bytes
 from trainer.export.pipeline import export_all
-from trainer.export.torchscript import lite_unavailable_reason
 from trainer.export.verify import sign_test
 from trainer.utils.files import atomic_output
 

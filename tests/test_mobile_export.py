@@ -33,7 +33,8 @@ from torchvision import transforms as T
 
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
-from trainer.export import litert, litert_flatbuffer
+from trainer.export.converters.litert import export as litert
+from trainer.export.converters.litert import flatbuffer as litert_flatbuffer
 from trainer.export.formats import FORMATS, Format
 from trainer.export.job import MAX_INT8_TOP1_DROP, ExportJob
 from trainer.export.pipeline import export_all

@@ -28,13 +28,15 @@ from trainer.data.data_config import CROP_MODES, DataConfig, data_config_from_re
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import DatasetIndex
 from trainer.data.transforms import eval_transform
-from trainer.export import coreml_convert, coreml_spec, pipeline
-from trainer.export import onnx as onnx_format
-from trainer.export.confidence import accuracy_text, wilson_interval
+from trainer.export import pipeline
+from trainer.export.converters import onnx as onnx_format
+from trainer.export.converters.coreml import convert as coreml_convert
+from trainer.export.converters.coreml import spec as coreml_spec
+from trainer.export.handoff.confidence import accuracy_text, wilson_interval
+from trainer.export.handoff.swift import swift_classifier
 from trainer.export.pipeline import export_all
 from trainer.export.predict import preprocess_images, read_manifest
 from trainer.export.settings import LICENSE_UNSET, ExportSettings, default_author
-from trainer.export.swift_code import swift_classifier
 from trainer.models import build_classifier
 
 SIZE = 64

@@ -13,8 +13,8 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from trainer import cli
 from trainer.cli import compose_config
-from trainer.export.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from trainer.models.weights import PretrainedWeightsError, read_state_dict
+from trainer.record import CheckpointError, load_checkpoint, read_checkpoint
 from trainer.training.callbacks import AtomicCheckpointIO
 from trainer.training.module import ClassifierModule
 from trainer.training.run import build_trainer, train

@@ -21,12 +21,15 @@ from test_export import CLASSES, DATA_CONFIG, MEAN, METADATA, SIZE, STD, export_
 from torch import nn
 
 from trainer.cli import compose_config
-from trainer.export import nn_executor, personalize, updatable, updatable_spec
-from trainer.export.coreml_convert import ImageNormalization
+from trainer.export.converters.coreml import neuralnetwork_executor as nn_executor
+from trainer.export.converters.coreml.convert import ImageNormalization
+from trainer.export.handoff.updatable_swift import SWIFT_NAME
 from trainer.export.pipeline import export_all
 from trainer.export.settings import ExportSettings
-from trainer.export.updatable_export import linear_head
-from trainer.export.updatable_swift import SWIFT_NAME
+from trainer.export.updatable import model as updatable
+from trainer.export.updatable import personalize
+from trainer.export.updatable import spec as updatable_spec
+from trainer.export.updatable.export import linear_head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

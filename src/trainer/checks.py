@@ -156,7 +156,7 @@ def check_train_settings(cfg: DictConfig) -> dict[str, Any] | None:
     if cfg.export.enabled:
         check_export(cfg.export)
     if _get(cfg, "ckpt_path"):
-        from trainer.export.checkpoint import read_resume_checkpoint
+        from trainer.record import read_resume_checkpoint
 
         return read_resume_checkpoint(cfg.ckpt_path, cfg)
     return None

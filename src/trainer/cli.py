@@ -56,8 +56,8 @@ def export(cfg: DictConfig) -> None:
     """Export a checkpoint without retraining; exits 1 if any format failed (the others are kept)."""
     from trainer.checks import check_export
     from trainer.console.summary import artifact_table
-    from trainer.export.checkpoint import export_trained, load_checkpoint
     from trainer.export.manifest import MANIFEST_NAME, failure_message
+    from trainer.record import export_trained, load_checkpoint
 
     def job(cfg: DictConfig) -> dict:
         check_export(cfg.export)

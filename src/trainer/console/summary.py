@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.console.table import text_table
-from trainer.export.handoff import CARD_NAME
+from trainer.export.handoff.names import CARD_NAME
 from trainer.reports.table import runtime_key
 
 MAX_CLASSES_SHOWN = 8

@@ -78,13 +78,13 @@ FORMATS: dict[str, Format] = {
     for row in (
         Format(
             name="torchscript",
-            module="trainer.export.torchscript",
+            module="trainer.export.converters.torchscript",
             files={"model_torchscript.pt": "fp32", "model_mobile.ptl": "fp32, torchscript.lite=true"},
             suffixes={".pt": "torchscript", ".ptl": "torchscript_lite"},
         ),
         Format(
             name="onnx",
-            module="trainer.export.onnx",
+            module="trainer.export.converters.onnx",
             files={
                 "model.onnx": "fp32",
                 "model_int8.onnx": "int8",
@@ -95,7 +95,7 @@ FORMATS: dict[str, Format] = {
         ),
         Format(
             name="coreml",
-            module="trainer.export.coreml",
+            module="trainer.export.converters.coreml.export",
             files={
                 "ImageClassifier_<variant>.mlpackage": "fp32, fp16, int8, palettizeN, w8a8",
                 "FeatureExtractor_fp16.mlpackage": "fp16, headless",
@@ -106,7 +106,7 @@ FORMATS: dict[str, Format] = {
         ),
         Format(
             name="litert",
-            module="trainer.export.litert",
+            module="trainer.export.converters.litert.export",
             files={"model.tflite": "fp32", "model_fp16.tflite": "fp16", "model_int8.tflite": "int8"},
             suffixes={".tflite": "litert"},
             requires=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
@@ -114,7 +114,7 @@ FORMATS: dict[str, Format] = {
         ),
         Format(
             name="executorch",
-            module="trainer.export.executorch",
+            module="trainer.export.converters.executorch",
             files={"model.pte": "fp32", "model_int8.pte": "int8"},
             suffixes={".pte": "executorch"},
             requires=("executorch",),

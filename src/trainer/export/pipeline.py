@@ -22,13 +22,13 @@ from torch import nn
 
 from trainer.data.data_config import DataConfig
 from trainer.export.formats import FORMATS, Format
-from trainer.export.handoff import CARD_NAME, swift_package, tflite_model, write_labels
+from trainer.export.handoff.kotlin import write_kotlin
+from trainer.export.handoff.model_card import write_model_card
+from trainer.export.handoff.names import CARD_NAME, swift_package, tflite_model, write_labels
+from trainer.export.handoff.swift import write_swift
 from trainer.export.job import ExportJob
-from trainer.export.kotlin_code import write_kotlin
 from trainer.export.manifest import MANIFEST_NAME, staged_folder, write_manifest
-from trainer.export.model_card import write_model_card
 from trainer.export.settings import ExportSettings
-from trainer.export.swift_code import write_swift
 from trainer.export.verify import latency_ms, load_inputs, run_batches, top1, torch_predictor
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def _export_into(
         _headless(job, headless, [row for row in chosen if row.headless and not row.missing()])
     updatable_swift = None
     if settings.updatable:
-        from trainer.export.updatable_export import export_updatable
+        from trainer.export.updatable.export import export_updatable
 
         updatable_swift = export_updatable(job, headless=headless, head=head, train_samples=train_samples)
 

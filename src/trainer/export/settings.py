@@ -201,7 +201,9 @@ class ExportSettings:
             if bits is not None and bits not in PALETTE_BITS:
                 raise ValueError(f"export.coreml.quantize: {variant}: N must be one of {PALETTE_BITS}")
         if "coreml" in self.formats:
-            from trainer.export.coreml_target import deployment_target  # coremltools loads only when wanted
+            from trainer.export.converters.coreml.target import (
+                deployment_target,  # coremltools loads only when wanted
+            )
 
             deployment_target(self.coreml.minimum_deployment_target)
         if self.latency.runs < 1 or self.latency.warmup < 0:

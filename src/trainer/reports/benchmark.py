@@ -35,13 +35,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from trainer.export import onnx as onnx_format
-from trainer.export import torchscript as torchscript_format
+from trainer.export.converters import onnx as onnx_format
+from trainer.export.converters import torchscript as torchscript_format
+from trainer.export.converters.onnx import export_onnx, onnx_predictor, quantize_int8
+from trainer.export.converters.torchscript import export_torchscript, load_torchscript
 from trainer.export.formats import RuntimeUnavailable
 from trainer.export.manifest import record_errors, size_bytes
-from trainer.export.onnx import export_onnx, onnx_predictor, quantize_int8
 from trainer.export.predict import load_predictor
-from trainer.export.torchscript import export_torchscript, load_torchscript
 from trainer.export.verify import Predict, latency_ms, torch_predictor
 from trainer.reports.benchmark_subjects import (
     Subject,

@@ -12,10 +12,10 @@ import onnx
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trainer.export.checkpoint import load_checkpoint
 from trainer.export.formats import suffix_formats
 from trainer.export.manifest import MANIFEST_NAME
 from trainer.models import build_classifier, count_macs, count_params
+from trainer.record import load_checkpoint
 from trainer.reports.collect import BENCHMARK_NAME, CONFIG_PATH, METRICS_NAME, read_config, read_json
 
 log = logging.getLogger(__name__)

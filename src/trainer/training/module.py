@@ -109,7 +109,7 @@ class ClassifierModule(L.LightningModule):
     ) -> ClassifierModule:
         """Lightning's loader on the CPU by default, never executing pickle code, whatever the caller or
         TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks for. Checkpoints written before the module saved hyperparameters
-        load with `trainer.export.checkpoint.load_checkpoint`."""
+        load with `trainer.record.load_checkpoint`."""
         kwargs["weights_only"] = True
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
 

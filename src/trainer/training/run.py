@@ -24,10 +24,10 @@ from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
 from trainer.data.index import build_index
 from trainer.data.scan import drop_bad_images
-from trainer.export.checkpoint import CheckpointError, export_trained, read_checkpoint
 from trainer.export.manifest import MANIFEST_NAME, failure_message
 from trainer.export.settings import ExportSettings
 from trainer.models import build_classifier, count_macs, count_params
+from trainer.record import CheckpointError, export_trained, read_checkpoint
 from trainer.training.callbacks import (
     AtomicCheckpointIO,
     ThroughputMeter,

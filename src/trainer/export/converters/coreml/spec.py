@@ -10,7 +10,7 @@ from typing import Any
 import coremltools as ct
 import numpy as np
 
-from trainer.export.coreml_convert import (
+from trainer.export.converters.coreml.convert import (
     CORRECTION_TOLERANCE,
     EMBEDDING_OUTPUT,
     INPUT_NAME,
@@ -51,7 +51,7 @@ def stored_correction(package: Path) -> tuple[np.ndarray, np.ndarray]:
     Follows the image through casts and the batch_norm / mul / add ops with per-channel constants that the
     converter makes of `CoreMLWrapper`'s correction, up to the first other op (the backbone's first layer).
     """
-    from trainer.export.coreml_executor.program import load_program
+    from trainer.export.converters.coreml.executor.program import load_program
 
     main = load_program(package)[1].functions["main"]
     var = main.inputs[INPUT_NAME]

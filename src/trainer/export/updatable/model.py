@@ -33,7 +33,7 @@ from coremltools.models.neural_network import NeuralNetworkBuilder, SgdParams
 from coremltools.models.pipeline import PipelineClassifier
 from torch import nn
 
-from trainer.export.coreml_convert import (
+from trainer.export.converters.coreml.convert import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     LABEL_OUTPUT,
@@ -42,8 +42,8 @@ from trainer.export.coreml_convert import (
     ImageNormalization,
     image_input,
 )
+from trainer.export.converters.torchscript import trace
 from trainer.export.settings import ExportSettings
-from trainer.export.torchscript import trace
 from trainer.utils.files import atomic_output
 
 MODEL_NAME = "UpdatableClassifier.mlmodel"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainer.data.data_config import DataConfig
-from trainer.export.handoff import EXIFINTERFACE_DEPENDENCY, KOTLIN_NAME, LABELS_NAME, LITERT_DEPENDENCY
+from trainer.export.handoff.names import EXIFINTERFACE_DEPENDENCY, KOTLIN_NAME, LABELS_NAME, LITERT_DEPENDENCY
 
 
 def mobile_inputs(manifest: dict[str, Any]) -> list[str]:

@@ -20,9 +20,12 @@ import torch
 from torch import nn
 
 from trainer.data.data_config import DataConfig
-from trainer.export import nn_executor, personalize, updatable, updatable_spec
-from trainer.export.coreml import NOT_MACOS_REASON
-from trainer.export.coreml_convert import INPUT_NAME, ImageNormalization
+from trainer.export.converters.coreml import neuralnetwork_executor as nn_executor
+from trainer.export.converters.coreml.convert import INPUT_NAME, ImageNormalization
+from trainer.export.converters.coreml.export import NOT_MACOS_REASON
+from trainer.export.updatable import model as updatable
+from trainer.export.updatable import personalize
+from trainer.export.updatable import spec as updatable_spec
 from trainer.export.verify import Predict, compare, fp32_problems, load_inputs, run_batches, torch_predictor
 
 if TYPE_CHECKING:
@@ -37,8 +40,9 @@ HELD_OUT_OF = {  # what the experiment holds the class out of: the backbone was 
 HOLDOUT_FIT_PER_CLASS = 50  # training images per other class the head is re-fitted on (the extractor is slow)
 MAX_OTHERS_DROP = 2.0  # points of top-1 the other classes may lose when the app learns a new one
 SIMULATED = (
-    "figures come from the spec's layers evaluated in PyTorch (trainer.export.nn_executor) and Core ML's "
-    "k-NN rule or SGD update in numpy (trainer.export.personalize)"
+    "figures come from the spec's layers evaluated in PyTorch "
+    "(trainer.export.converters.coreml.neuralnetwork_executor) and Core ML's "
+    "k-NN rule or SGD update in numpy (trainer.export.updatable.personalize)"
 )
 
 
@@ -111,7 +115,7 @@ def export_updatable(
     train_samples: Sequence[tuple[str, int]],
 ) -> str | None:
     """Write UpdatableClassifier.mlmodel and .swift, list and measure them; returns the Swift file's name."""
-    from trainer.export.updatable_swift import write_updatable_swift
+    from trainer.export.handoff.updatable_swift import write_updatable_swift
 
     kind, opts = job.settings.updatable, job.settings.on_device
     classes, data_config = job.classes, job.data_config

@@ -24,13 +24,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainer.export.coreml_target import deployment_target
-from trainer.export.coreml_verify import (
+from trainer.export.converters.coreml.gates import (
     WEIGHT_THRESHOLD,
 )
+from trainer.export.converters.coreml.target import deployment_target
+from trainer.export.converters.torchscript import trace
 from trainer.export.manifest import size_bytes
 from trainer.export.settings import ExportSettings, palette_bits
-from trainer.export.torchscript import trace
 from trainer.utils.files import atomic_output
 
 INPUT_NAME = "image"

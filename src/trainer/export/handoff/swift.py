@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.data.data_config import DataConfig
-from trainer.export.handoff import (
+from trainer.export.handoff.names import (
     SWIFT_NAME,
     xcode_class_name,
 )

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from trainer.export.coreml_convert import (
+from trainer.export.converters.coreml.convert import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     PROBS_OUTPUT,
@@ -27,9 +27,7 @@ from trainer.export.coreml_convert import (
     save,
     weights_bytes,
 )
-from trainer.export.coreml_spec import check_spec
-from trainer.export.coreml_target import w8a8_skip_reason
-from trainer.export.coreml_verify import (
+from trainer.export.converters.coreml.gates import (
     RUNTIME,
     compressed_bits,
     gate,
@@ -39,6 +37,8 @@ from trainer.export.coreml_verify import (
     reference_predictor,
     weight_ratio_problems,
 )
+from trainer.export.converters.coreml.spec import check_spec
+from trainer.export.converters.coreml.target import w8a8_skip_reason
 from trainer.export.formats import RuntimeUnavailable
 from trainer.export.job import ExportJob
 from trainer.export.verify import Predict, evaluate, fp32_problems, measured_metadata, softmax, top1

@@ -9,13 +9,13 @@ from typing import Any
 import coremltools as ct
 import numpy as np
 
-from trainer.export.coreml_convert import (
+from trainer.export.converters.coreml.convert import (
     INPUT_NAME,
     LABEL_OUTPUT,
     PROBS_OUTPUT,
     ImageNormalization,
 )
-from trainer.export.updatable import HEAD_LAYER
+from trainer.export.updatable.model import HEAD_LAYER
 
 
 def sub_models(spec: Any) -> tuple[Any, Any]:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.data_config import DataConfig
-from trainer.export.android_card import android_usage, litert_preprocessing, mobile_inputs
-from trainer.export.confidence import accuracy_text
-from trainer.export.handoff import (
+from trainer.export.handoff.android_card import android_usage, litert_preprocessing, mobile_inputs
+from trainer.export.handoff.confidence import accuracy_text
+from trainer.export.handoff.names import (
     CARD_NAME,
     SIMULATION_NOTE,
     SWIFT_NAME,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.export.coreml_executor.ops import KERNELS, Kernel
+from trainer.export.converters.coreml.executor.ops import KERNELS, Kernel
 
 WEIGHTS_DIR = "Data/com.apple.CoreML/weights"
 IMAGE_LAYOUTS = ("RGB", "BGR")

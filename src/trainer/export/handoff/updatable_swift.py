@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.data.data_config import DataConfig
-from trainer.export.coreml_convert import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT
-from trainer.export.handoff import UPDATABLE_SWIFT_NAME
-from trainer.export.swift_code import region_swift
-from trainer.export.updatable import EXPORT_ID_KEY, MODEL_NAME, UPDATE_PARAMETERS
+from trainer.export.converters.coreml.convert import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT
+from trainer.export.handoff.names import UPDATABLE_SWIFT_NAME
+from trainer.export.handoff.swift import region_swift
+from trainer.export.updatable.model import EXPORT_ID_KEY, MODEL_NAME, UPDATE_PARAMETERS
 from trainer.utils.files import write_text
 
 SWIFT_NAME = UPDATABLE_SWIFT_NAME

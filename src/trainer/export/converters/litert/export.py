@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.export.converters.litert.flatbuffer import float_io, signature, with_metadata
 from trainer.export.job import ExportJob
-from trainer.export.litert_flatbuffer import float_io, signature, with_metadata
 from trainer.export.manifest import sha256, size_bytes
 from trainer.export.verify import Predict, measured_metadata
 from trainer.utils.files import atomic_output

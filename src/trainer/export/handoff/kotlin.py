@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.data.data_config import DataConfig
-from trainer.export.handoff import (
+from trainer.export.handoff.names import (
     EXIFINTERFACE_DEPENDENCY,
     KOTLIN_NAME,
     KOTLIN_PACKAGE,

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.export.coreml_executor import CoreMLExecutor
-from trainer.export.coreml_executor.program import load_program
+from trainer.export.converters.coreml.executor import CoreMLExecutor
+from trainer.export.converters.coreml.executor.program import load_program
 from trainer.export.settings import palette_bits
 from trainer.export.verify import SIGNIFICANCE, Predict, compare, lost_and_gained, run_batches
 
