@@ -190,8 +190,15 @@ def test_every_artifact_exists_and_is_listed(exported: dict) -> None:
     assert {a["name"] for a in manifest["artifacts"]} == expected
     for name in expected:
         assert (out / name).exists(), name
-    assert manifest["handoff"] == ["labels.txt", "Classifier.swift", "README.md"]
-    assert all((out / name).is_file() for name in manifest["handoff"])
+    assert manifest["handoff"] == [
+        "golden.json",
+        "golden",
+        "labels.txt",
+        "Classifier.swift",
+        "ClassifierTests.swift",
+        "README.md",
+    ]
+    assert all((out / name).exists() for name in manifest["handoff"])
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 

@@ -89,7 +89,8 @@ def test_every_precision_is_exported_and_listed(exported: dict) -> None:
         "model.pte": ("executorch", "fp32"),
         "model_int8.pte": ("executorch", "int8"),
     }
-    assert manifest["handoff"] == ["labels.txt", "Classifier.kt", "README.md"]
+    handoff = ["golden.json", "golden", "labels.txt", "Classifier.kt", "ClassifierTest.kt", "README.md"]
+    assert manifest["handoff"] == handoff
     assert all((out / name).is_file() for name in [*names, *manifest["handoff"]])
     assert json.loads((out / "manifest.json").read_text()) == manifest
 
@@ -182,9 +183,10 @@ def test_kotlin_snippet_and_card(exported: dict) -> None:
         "import org.tensorflow.lite.Interpreter",
         'modelAsset: String = "model.tflite"',
         "com.google.ai.edge.litert:litert:",
-        "Bitmap.createScaledBitmap(bitmap, width, height, true)",
+        "Bitmap.createScaledBitmap(scaled, width, height, true)",
         "* 72 / short",  # the eval Resize(72) of the shorter side
-        "rint((bitmap.width - 64) / 2.0)",  # then CenterCrop(64), offsets rounded like torchvision
+        "round((bitmap.width - 64) / 2.0)",  # then CenterCrop(64), offsets rounded half to even
+        "import kotlin.math.round",  # kotlin.math has no rint: test_handoff_code compiles the file
         "labels.txt",
         "Do NOT normalize",
         "bitmap.copy(Bitmap.Config.ARGB_8888, false)",  # getPixels throws on HARDWARE bitmaps

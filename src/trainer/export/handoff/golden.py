@@ -124,8 +124,8 @@ def write_golden(
     out_dir: Path, manifest: dict[str, Any], val_paths: Sequence[str], reference: np.ndarray
 ) -> str | None:
     """golden/ and golden.json (None when there is no readable val photo); `reference` is PyTorch's logits
-    on `val_paths`."""
-    if not len(val_paths):
+    on `val_paths`; None too when no classifier was exported."""
+    if not len(val_paths) or not any(a["kind"] == "classifier" for a in manifest["artifacts"]):
         return None
     photos = copy_photos(out_dir, choose(val_paths, softmax(reference)))
     expected = expected_outputs(out_dir, manifest, [p["file"] for p in photos])
