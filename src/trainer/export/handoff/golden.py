@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from trainer.export.converters.coreml.gates import RUNTIME as REFERENCE_RUNTIME
+from trainer.export.converters.coreml.gates import reference_predictor
 from trainer.export.formats import RuntimeUnavailable
 from trainer.export.predict import load_predictor, preprocess_images
-from trainer.export.verify import softmax
+from trainer.export.verify import Predict, softmax
 from trainer.utils.files import write_text
 
 GOLDEN_DIR = "golden"
@@ -91,9 +93,23 @@ def copy_photos(out_dir: Path, chosen: Sequence[tuple[str, str]]) -> list[dict[s
     return photos
 
 
+def golden_predictor(path: Path, manifest: dict[str, Any]) -> tuple[Predict, bool, str]:
+    """(predict, gives probabilities, runtime) for a classifier artifact: its own runtime, or for Core ML
+    where it cannot run (Linux) the reference executor its gates use. Raises RuntimeUnavailable otherwise."""
+    try:
+        predict, gives_probabilities = load_predictor(path, manifest)
+        return predict, gives_probabilities, "its own runtime"
+    except RuntimeUnavailable:
+        if path.suffix != ".mlpackage":
+            raise
+    prep = manifest["preprocess"]
+    predict = reference_predictor(path, classes=manifest["classes"], mean=prep["mean"], std=prep["std"])
+    return predict, True, REFERENCE_RUNTIME
+
+
 def expected_outputs(out_dir: Path, manifest: dict[str, Any], files: Sequence[str]) -> dict[str, Any]:
     """Per classifier artifact: each golden photo's top-1, margin over the second and probability per class,
-    computed here with the artifact's own runtime (or why it could not run)."""
+    computed here (and with which runtime), or why it could not run."""
     images = [out_dir / f for f in files]
     batch = preprocess_images(images, manifest)
     classes, results = manifest["classes"], {}
@@ -101,13 +117,13 @@ def expected_outputs(out_dir: Path, manifest: dict[str, Any], files: Sequence[st
         if artifact["kind"] != "classifier":
             continue
         try:
-            predict, gives_probabilities = load_predictor(out_dir / artifact["path"], manifest)
+            predict, gives_probabilities, runtime = golden_predictor(out_dir / artifact["path"], manifest)
         except RuntimeUnavailable as exc:
             results[artifact["path"]] = {"not_run": str(exc)}
             continue
         scores = np.asarray(predict(batch), dtype=np.float64).reshape(len(images), -1)
         probabilities = scores if gives_probabilities else softmax(scores)
-        rows = {}
+        rows: dict[str, Any] = {"runtime": runtime}
         for file, row in zip(files, probabilities, strict=True):
             order = np.argsort(-row)
             margin = float(row[order[0]] - row[order[1]]) if len(order) > 1 else 1.0
@@ -135,6 +151,7 @@ def write_golden(
         "rule": "top-1 must match when the expected margin over the second class exceeds 2 x tolerance; "
         "every class probability must be within the tolerance",
         "photos": [{**p, "expected": {a: rows[p["file"]] for a, rows in ran.items()}} for p in photos],
+        "measured_by": {a: rows["runtime"] for a, rows in ran.items()},
         "not_run": {a: rows["not_run"] for a, rows in expected.items() if "not_run" in rows},
     }
     write_text(out_dir / GOLDEN_JSON, json.dumps(golden, indent=2) + "\n")
