@@ -201,14 +201,15 @@ def test_kotlin_snippet_and_card(exported: dict) -> None:
         assert kotlin.count(opening) == kotlin.count(closing), opening + closing
     card = (out / "README.md").read_text()
     for text in [
-        "## Using it on Android",
+        "### Android (LiteRT)",
         "Classifier.kt",
         "NHWC",
         "## Quantization on these images",
         "Do NOT normalize them",
-        "plain bilinear without antialiasing",
+        "halves with a bilinear filter",
         "androidx.exifinterface:exifinterface:",
-        "classify(uri)",
+        "classifier.classify(uri)",
+        "minSdk 21",
     ]:
         assert text in card, text
     assert "`model_int8.tflite`" in card and "`model_int8.pte`" in card

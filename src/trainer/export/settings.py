@@ -28,6 +28,8 @@ UPDATABLE_KINDS = ("knn", "head")
 PALETTE_BITS = (1, 2, 3, 4, 6, 8)
 _PALETTIZE = re.compile(r"palettize(\d+)")
 LICENSE_UNSET = "unspecified (set export.license)"
+PRETRAINED_DESCRIPTION = "Image classifier fine-tuned from an ImageNet backbone"  # conf/export/default.yaml
+SCRATCH_DESCRIPTION = "Image classifier trained from scratch (no pretrained weights)"  # when pretrained=false
 
 
 def default_author() -> str:
