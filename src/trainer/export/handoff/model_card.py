@@ -128,7 +128,9 @@ def model_card(manifest: dict[str, Any]) -> str:
         *_updatable_section(manifest),
         "## Details",
         "",
-        f"- Author: {manifest['author']}; license: {manifest['license']}; version: {manifest['version']}.",
+        f"- Author: {manifest['author']}",
+        f"- License: {manifest['license']}",
+        f"- Version: {manifest['version']}",
         f"- Golden photos (`{GOLDEN_JSON}`): the cases that break apps (landscape, portrait, EXIF-rotated, "
         "non-square, a near-tie) with each artifact's probabilities measured here; the generated tests allow "
         f"{TOLERANCE} per probability, since the phones resample with their own filters.",
