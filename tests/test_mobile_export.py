@@ -91,7 +91,7 @@ def test_every_precision_is_exported_and_listed(exported: dict) -> None:
     }
     handoff = ["golden.json", "golden", "labels.txt", "Classifier.kt", "ClassifierTest.kt", "README.md"]
     assert manifest["handoff"] == handoff
-    assert all((out / name).is_file() for name in [*names, *manifest["handoff"]])
+    assert all((out / name).exists() for name in [*names, *manifest["handoff"]])
     assert json.loads((out / "manifest.json").read_text()) == manifest
 
 
