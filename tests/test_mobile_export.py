@@ -35,6 +35,7 @@ from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
 from trainer.export.converters.litert import export as litert
 from trainer.export.converters.litert import flatbuffer as litert_flatbuffer
+from trainer.export.converters.litert import standard_metadata
 from trainer.export.formats import FORMATS, Format
 from trainer.export.job import MAX_INT8_TOP1_DROP, ExportJob
 from trainer.export.pipeline import export_all
@@ -161,7 +162,22 @@ def test_tflite_interface_and_metadata(exported: dict) -> None:
         logits = interpreter.get_tensor(logits_out["index"])
         if name == "model.tflite":
             np.testing.assert_allclose(logits, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max())))
-        metadata = litert_flatbuffer.read_metadata(exported["out"] / name)
+        path = exported["out"] / name
+        standard = standard_metadata.read(
+            path, litert_flatbuffer.metadata_buffer(path, litert_flatbuffer.STANDARD_NAME)
+        )
+        assert (
+            standard["labels"] == CLASSES
+            and standard["output"]["labels_type"] == standard_metadata.LABELS_FILE_TYPE
+        )
+        assert standard["input"] == {  # raw RGB pixels of the model's size: the normalization is in the graph
+            "name": "image",
+            "content": standard_metadata.IMAGE_PROPERTIES,
+            "color_space": standard_metadata.RGB,
+            "size": [SIZE, SIZE],
+            "normalization": {"mean": [0.0], "std": [1.0]},
+        }
+        metadata = litert_flatbuffer.read_metadata(path)
         assert (
             metadata["classes"] == CLASSES and metadata["mean"] == list(MEAN) and metadata["std"] == list(STD)
         )

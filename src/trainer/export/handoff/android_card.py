@@ -18,8 +18,10 @@ def mobile_inputs(manifest: dict[str, Any]) -> list[str]:
         lines.append(
             f"- **LiteRT** (`.tflite`, all precisions alike): float32 (1, {size}, {size}, 3) NHWC, RGB, raw "
             "0-255 values, NOT normalized: the model computes (pixel / 255 - mean) / std itself. Output "
-            "(1, classes) logits. The classes and mean/std are also in the model's metadata (entry "
-            "`trainer`, JSON), with the model's own measured figures."
+            "(1, classes) logits. Each file carries the standard TFLite Metadata (Android Studio's ML Model "
+            "Binding and the LiteRT support library read it: RGB image input, normalization mean 0 / std 1 "
+            "since the model normalizes itself, `labels.txt` packed in for the output), and the classes, "
+            "mean/std and the model's own measured figures as JSON (metadata entry `trainer`)."
         )
     if "executorch" in formats:
         lines.append(
