@@ -23,11 +23,19 @@ from test_export import DATA_CONFIG
 
 from trainer.data.data_config import DataConfig
 from trainer.data.transforms import eval_transform
+from trainer.export.handoff.card_start import warnings
 from trainer.export.handoff.golden_tests import kotlin_test, swift_tests
 from trainer.export.handoff.kotlin import kotlin_classifier
+from trainer.export.handoff.model_card import trained_lines
 from trainer.export.handoff.names import xcode_class_name
 from trainer.export.handoff.swift import swift_availability, swift_classifier
 from trainer.export.handoff.updatable_swift import CLASS_NAME, SWIFT_NAME, swift_updatable
+from trainer.export.settings import (
+    LICENSE_UNSET,
+    PRETRAINED_DESCRIPTION,
+    SCRATCH_DESCRIPTION,
+    run_description,
+)
 from trainer.export.updatable.model import MODEL_NAME
 
 STUBS = Path(__file__).parent / "fixtures" / "android_stubs"
@@ -181,3 +189,24 @@ def test_swift_parses(tmp_path: Path) -> None:
     for name, text in sources.items():
         (tmp_path / name).write_text(text)
         subprocess.run(["swiftc", "-parse", str(tmp_path / name)], check=True, capture_output=True)
+
+
+def test_card_says_how_it_was_trained_and_what_stops_a_release() -> None:
+    """'Fine-tuned from an ImageNet backbone' only for pretrained runs; the start, epochs, images and size
+    are stated; a top-1 near chance and the license placeholder are flagged on the first screen."""
+    assert run_description(PRETRAINED_DESCRIPTION, False) == SCRATCH_DESCRIPTION
+    assert run_description(PRETRAINED_DESCRIPTION, "/weights.pth") == PRETRAINED_DESCRIPTION
+    assert run_description("my own words", False) == "my own words"
+    meta = {"backbone": "mobilenet_v2", "pretrained": False, "epochs": 2, "train_images": 450}
+    meta["image_size"] = 64
+    assert trained_lines(meta)[0] == (
+        "- mobilenet_v2 trained from scratch (no pretrained weights), 2 epoch(s) on 450 training images at "
+        "64 px."
+    )
+    assert "from ImageNet-pretrained weights" in trained_lines({**meta, "pretrained": True})[0]
+    manifest = {"val_images": 90, "pytorch_val_top1": 0.4, "classes": ["a", "b", "c"]}
+    manifest["license"] = LICENSE_UNSET
+    text = "\n".join(warnings(manifest))
+    assert "val top-1 40.0% is near chance (33.3% for 3 classes) on 90 images" in text
+    assert "License not set" in text
+    assert warnings({**manifest, "pytorch_val_top1": 0.9, "license": "MIT"}) == []

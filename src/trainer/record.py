@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from trainer.data.data_config import data_config_from_record
 from trainer.data.index import DatasetIndex, build_index
 from trainer.export.pipeline import export_all
-from trainer.export.settings import PRETRAINED_DESCRIPTION, SCRATCH_DESCRIPTION
+from trainer.export.settings import run_description
 from trainer.models import Classifier, build_classifier, headless_copy
 from trainer.models.families import MobileNetV1Family, TimmFamily, TorchvisionFamily
 
@@ -144,9 +144,10 @@ def export_trained(
     }
     # Trained in channels_last and/or bf16 autocast or not, every format is made from fp32 NCHW weights.
     model = classifier.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
-    if not pretrained and export_cfg.description == PRETRAINED_DESCRIPTION:
+    description = run_description(export_cfg.description, pretrained)
+    if description != export_cfg.description:
         export_cfg = copy.deepcopy(export_cfg)
-        export_cfg.description = SCRATCH_DESCRIPTION
+        export_cfg.description = description
     return export_all(
         model,
         classes=list(record["classes"]),

@@ -32,6 +32,11 @@ PRETRAINED_DESCRIPTION = "Image classifier fine-tuned from an ImageNet backbone"
 SCRATCH_DESCRIPTION = "Image classifier trained from scratch (no pretrained weights)"  # when pretrained=false
 
 
+def run_description(description: str, pretrained: object) -> str:
+    """The default description claims an ImageNet backbone: a run from scratch gets one that does not."""
+    return SCRATCH_DESCRIPTION if description == PRETRAINED_DESCRIPTION and not pretrained else description
+
+
 def default_author() -> str:
     """`git config user.name`, else the OS login name, else 'unknown'."""
     try:
