@@ -3,6 +3,7 @@ these."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -63,7 +64,9 @@ def export(cfg: DictConfig) -> None:
         check_export(cfg.export)
         classifier, record = load_checkpoint(cfg.ckpt)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt).resolve().parents[1] / "export"
-        manifest = export_trained(classifier, record, cfg.export, out_dir)
+        run_metrics = Path(cfg.ckpt).resolve().parents[1] / "metrics.json"  # the run's, for the card
+        metrics = json.loads(run_metrics.read_text()) if run_metrics.is_file() else None
+        manifest = export_trained(classifier, record, cfg.export, out_dir, metrics=metrics)
         log.info("%s", "\n".join([f"Exported to {out_dir}", *artifact_table(manifest)]))
         if manifest["errors"]:
             raise RuntimeError(failure_message(manifest, out_dir / MANIFEST_NAME))
