@@ -61,12 +61,12 @@ def export(cfg: DictConfig) -> None:
     from trainer.record import export_trained, load_checkpoint
 
     def job(cfg: DictConfig) -> dict:
-        check_export(cfg.export)
+        settings = check_export(cfg.export)
         classifier, record = load_checkpoint(cfg.ckpt)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt).resolve().parents[1] / "export"
         run_metrics = Path(cfg.ckpt).resolve().parents[1] / "metrics.json"  # the run's, for the card
         metrics = json.loads(run_metrics.read_text()) if run_metrics.is_file() else None
-        manifest = export_trained(classifier, record, cfg.export, out_dir, metrics=metrics)
+        manifest = export_trained(classifier, record, settings, out_dir, metrics=metrics)
         log.info("%s", "\n".join([f"Exported to {out_dir}", *artifact_table(manifest)]))
         if manifest["errors"]:
             raise RuntimeError(failure_message(manifest, out_dir / MANIFEST_NAME))

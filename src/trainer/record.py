@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from trainer.data.data_config import data_config_from_record
 from trainer.data.index import DatasetIndex, build_index
 from trainer.export.pipeline import export_all
-from trainer.export.settings import run_description
+from trainer.export.settings import ExportSettings, run_description
 from trainer.models import Classifier, build_classifier, headless_copy
 from trainer.models.families import MobileNetV1Family, TimmFamily, TorchvisionFamily
 
@@ -119,7 +119,7 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
 def export_trained(
     classifier: Classifier,
     record: dict[str, Any],
-    export_cfg: Any,
+    settings: ExportSettings,
     out_dir: Path,
     index: DatasetIndex | None = None,
     metrics: dict[str, Any] | None = None,
@@ -144,22 +144,19 @@ def export_trained(
     }
     # Trained in channels_last and/or bf16 autocast or not, every format is made from fp32 NCHW weights.
     model = classifier.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
-    description = run_description(export_cfg.description, pretrained)
-    if description != export_cfg.description:
-        export_cfg = copy.deepcopy(export_cfg)
-        export_cfg.description = description
+    description = run_description(settings.description, pretrained)
+    if description != settings.description:
+        settings = dataclasses.replace(settings, description=description)
     return export_all(
         model,
         classes=list(record["classes"]),
         data_config=data_config,
         out_dir=Path(out_dir),
-        cfg=export_cfg,
+        cfg=settings,
         calibration_paths=[p for p, _ in index.train],
         val_samples=index.val,
         provenance=provenance,
-        headless=headless_copy(classifier)
-        if export_cfg.get("headless") or export_cfg.get("updatable")
-        else None,
+        headless=headless_copy(classifier) if settings.headless or settings.updatable else None,
         head=model.get_submodule(classifier.head_name),
         train_samples=index.train,
     )

@@ -29,7 +29,13 @@ MIN_TOP1_AGREEMENT = 0.995  # fp32 artifacts must pick PyTorch's top-1 class on 
 FP32_RELATIVE_TOLERANCE = 1e-3  # ... and stay within this fraction of the largest |output| (at least 1)
 # A quantized copy's top-1 drop over its limit counts where the sign test's p-value is below this.
 SIGNIFICANCE = 0.05
-OWN_FIGURES = ("val_top1", "top1_agreement", "top1_agreement_vs_fp32", "top1_drop_vs_fp32")
+OWN_FIGURES = (
+    "val_top1",
+    "top1_agreement",
+    "top1_agreement_vs_fp32",
+    "top1_drop_vs_fp32",
+    "top1_drop_vs_pytorch",
+)
 
 
 def load_inputs(paths: Sequence[str], data_config: DataConfig) -> tuple[np.ndarray, list[int], list[str]]:
@@ -99,6 +105,18 @@ def lost_and_gained(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarr
     was_right, is_right = reference.argmax(1) == labels, outputs.argmax(1) == labels
     lost, gained = int((was_right & ~is_right).sum()), int((~was_right & is_right).sum())
     return {"top1_images_lost_gained": [lost, gained], "top1_drop_p_value": round(sign_test(lost, gained), 4)}
+
+
+def drop_gate(
+    metric: str, drop: float, limit: float, p_value: float | None, on_failure: str
+) -> dict[str, Any]:
+    """The gate on a top-1 drop of `metric` points: passed within `limit`, or with the sign test's `p_value`
+    where the drop is chance (p >= SIGNIFICANCE). `on_failure` says what a failure is: error or warning."""
+    check = {"rule": f"{metric} <= {limit}", "value": drop, "passed": drop <= limit}
+    if p_value is not None:
+        check["rule"] += f" or sign-test p >= {SIGNIFICANCE}"
+        check.update(p_value=p_value, passed=check["passed"] or p_value >= SIGNIFICANCE)
+    return {**check, "on_failure": on_failure}
 
 
 def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:

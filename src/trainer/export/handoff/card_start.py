@@ -103,11 +103,17 @@ def android_start(tflite: str) -> list[str]:
     ]
 
 
+def _drop(artifact: dict[str, Any]) -> float | None:
+    """Points of val top-1 lost against its fp32 artifact (Core ML: against fp32 PyTorch)."""
+    drop = artifact.get("top1_drop_vs_fp32")
+    return artifact.get("top1_drop_vs_pytorch") if drop is None else drop
+
+
 def _smaller_passing(candidates: list[dict[str, Any]], default: dict[str, Any]) -> dict[str, Any] | None:
     """The smallest variant whose drop against fp32 is within the gate (its own, else the int8 one)."""
     passing = []
     for a in candidates:
-        drop, gate = a.get("top1_drop_vs_fp32"), a.get("gate")
+        drop, gate = _drop(a), a.get("gate")
         ok = gate["passed"] if gate else drop is not None and drop <= MAX_INT8_TOP1_DROP
         if ok and a["size_bytes"] < default["size_bytes"]:
             passing.append(a)
@@ -119,7 +125,7 @@ def _advice(rows: list[dict[str, Any]], default: dict[str, Any], switch: str) ->
     base = f"`{default['path']}` ({default['size_bytes'] / 1e6:.2f} MB) is what the code loads"
     if smaller is None:
         return f"{base}; no smaller variant stayed within its accuracy gate here: ship it."
-    drop = smaller.get("top1_drop_vs_fp32")
+    drop = _drop(smaller)
     lost = "no" if not drop else f"{drop:+.1f} points of"
     return (
         f"{base}. `{smaller['path']}` is {default['size_bytes'] / smaller['size_bytes']:.1f}x smaller and "

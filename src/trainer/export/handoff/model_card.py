@@ -21,7 +21,7 @@ from trainer.export.handoff.names import (
     swift_package,
     tflite_model,
 )
-from trainer.export.job import MAX_INT8_TOP1_DROP
+from trainer.export.manifest import ArtifactEntry
 from trainer.utils.files import write_text
 
 
@@ -84,6 +84,17 @@ def _preprocessing(prep: DataConfig, *, litert: bool) -> list[str]:
         *(litert_preprocessing(prep) if litert else []),
         "",
     ]
+
+
+def _gate_text(check: dict[str, Any] | None) -> str:
+    """The verdict of the gate that ran on an artifact, as every section of the card states it."""
+    if check is None:
+        return "no gate"
+    if check["passed"]:
+        return f"gate {check['rule']}: passed"
+    p_value = f", sign-test p {check['p_value']}" if "p_value" in check else ""
+    warning = ", a warning" if check.get("on_failure") == "warning" else ""
+    return f"gate {check['rule']}: FAILED (measured {check['value']}{p_value}{warning})"
 
 
 def model_card(manifest: dict[str, Any]) -> str:
@@ -195,24 +206,21 @@ def trained_lines(meta: dict[str, Any]) -> list[str]:
 
 
 def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
-    """How each quantized copy fared against its own fp32 model on the val images (gate: 1 point)."""
-    rows = [a for a in manifest["artifacts"] if a.get("top1_drop_vs_fp32") is not None]
-    if not rows:
-        return []
-    lines = ["## Quantization on these images (export host)", ""]
-    for a in rows:
-        drop, gate = a["top1_drop_vs_fp32"], a.get("gate")
-        if gate:  # the artifact's own gate (Core ML variants), the one the export applied
-            verdict = f"gate {gate['rule']}: {'passed' if gate['passed'] else '**FAILED**'}"
+    """How each smaller copy fared on the val images: its top-1 drop against its own format's fp32 artifact
+    (Core ML: against fp32 PyTorch), and the verdict of the gate that ran on it."""
+    lines = []
+    for a in map(ArtifactEntry.from_dict, manifest["artifacts"]):
+        if a.top1_drop_vs_fp32 is not None:
+            drop, against, agreement = a.top1_drop_vs_fp32, "its fp32 artifact", a.top1_agreement_vs_fp32
+        elif a.top1_drop_vs_pytorch is not None and a.precision != "fp32":
+            drop, against, agreement = a.top1_drop_vs_pytorch, "fp32 PyTorch", a.top1_agreement
         else:
-            within = "within" if drop <= MAX_INT8_TOP1_DROP else "**over**"
-            verdict = f"{within} the {MAX_INT8_TOP1_DROP:g}-point gate"
-        agreement = _pct(a.get("top1_agreement_vs_fp32", a.get("top1_agreement")))
+            continue
         lines.append(
-            f"- `{a['path']}`: {drop:+.1f} points of val top-1 lost against fp32 ({verdict}), top-1 "
-            f"agreement with fp32 {agreement}."
+            f"- `{a.path}`: {drop:+.1f} points of val top-1 lost against {against}, top-1 agreement with it "
+            f"{_pct(agreement)}; {_gate_text(a.gate)}."
         )
-    return [*lines, ""]
+    return ["## Quantization on these images", "", *lines, ""] if lines else []
 
 
 def _updatable_section(manifest: dict[str, Any]) -> list[str]:

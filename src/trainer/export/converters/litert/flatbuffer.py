@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-METADATA_NAME = "trainer"
+from trainer.export.metadata import METADATA_NAME
+
 STANDARD_NAME = "TFLITE_METADATA"  # standard_metadata.py's entry, read by Android's metadata libraries
 
 
