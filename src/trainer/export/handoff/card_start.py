@@ -124,7 +124,7 @@ def _advice(rows: list[dict[str, Any]], default: dict[str, Any], switch: str) ->
     smaller = _smaller_passing([a for a in rows if a is not default], default)
     base = f"`{default['path']}` ({default['size_bytes'] / 1e6:.2f} MB) is what the code loads"
     if smaller is None:
-        return f"{base}; no smaller variant stayed within its accuracy gate here: ship it."
+        return f"{base}; no smaller variant passed its accuracy gate here: ship it."
     drop = _drop(smaller)
     lost = "no" if not drop else f"{drop:+.1f} points of"
     return (

@@ -36,8 +36,8 @@ def _pct(value: float | None) -> str:
 def _artifact_rows(manifest: dict[str, Any]) -> list[str]:
     rows = [
         "| file | format | precision | size | val top-1 (95% Wilson interval) | top-1 agreement with PyTorch "
-        "| latency on the export host's CPU, batch 1 (not a phone) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| latency on the export host's CPU, batch 1 (not a phone) | gate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for a in manifest["artifacts"]:
         latency = "n/a"
@@ -53,7 +53,7 @@ def _artifact_rows(manifest: dict[str, Any]) -> list[str]:
             agreement = _pct(a.get("top1_agreement"))
         rows.append(
             f"| `{a['path']}` | {a['format']} | {a['precision']} | {_size(a['size_bytes'])} | {top1} "
-            f"| {agreement} | {latency} |"
+            f"| {agreement} | {latency} | {_gate_text(a.get('gate')).split(' (')[0]} |"
         )
     return rows
 
@@ -119,7 +119,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         "## Figures",
         "",
         f"Measured on this export's host, not on a phone: {manifest['val_images']} validation images, CPU "
-        f"latency with {manifest.get('threads')} thread(s). PyTorch itself scores "
+        f"latency with {manifest.get('threads') or '?'} thread(s). PyTorch itself scores "
         f"{accuracy_text(manifest['pytorch_val_top1'], manifest['val_images'])} top-1 on them. Core ML does "
         "not run on Linux: where the runtime below says so, its packages were run by the reference executor "
         "(their own ops and fp16 rounding), so their latency is n/a.",
