@@ -11,6 +11,7 @@ from trainer.data.data_config import DataConfig
 from trainer.export.handoff.android_card import litert_preprocessing, mobile_inputs
 from trainer.export.handoff.card_start import android_start, ios_start, warnings, which_variant
 from trainer.export.handoff.confidence import accuracy_text
+from trainer.export.handoff.escape import markdown_text
 from trainer.export.handoff.golden import GOLDEN_JSON, TOLERANCE
 from trainer.export.handoff.names import (
     CARD_NAME,
@@ -22,6 +23,7 @@ from trainer.export.handoff.names import (
     tflite_model,
 )
 from trainer.export.manifest import ArtifactEntry
+from trainer.export.verify import different_answers
 from trainer.utils.files import write_text
 
 
@@ -97,6 +99,14 @@ def _gate_text(check: dict[str, Any] | None) -> str:
     return f"gate {check['rule']}: FAILED (measured {check['value']}{p_value}{warning})"
 
 
+def _agreement_text(check: dict[str, Any] | None) -> str:
+    """A smaller copy's agreement gate (verify.agreement_gate) in the words a user needs."""
+    if check is None:
+        return ""
+    verdict = "passed" if check["passed"] else "**FAILED**"
+    return f"; agreement gate {check['rule']}: {verdict}: {different_answers(check)}"
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """README.md for app developers, written from the manifest so the two never disagree."""
     classes, size = manifest["classes"], manifest["image_size"]
@@ -139,8 +149,8 @@ def model_card(manifest: dict[str, Any]) -> str:
         *_updatable_section(manifest),
         "## Details",
         "",
-        f"- Author: {manifest['author']}",
-        f"- License: {manifest['license']}",
+        f"- Author: {markdown_text(manifest['author'])}",
+        f"- License: {markdown_text(manifest['license'])}",
         f"- Version: {manifest['version']}",
         f"- Golden photos (`{GOLDEN_JSON}`): the cases that break apps (landscape, portrait, EXIF-rotated, "
         "non-square, a near-tie) with each artifact's probabilities measured here; the generated tests allow "
@@ -148,7 +158,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         "",
         f"### Classes ({len(classes)})",
         "",
-        *[f"{i}. {c}" for i, c in enumerate(classes)],
+        *[f"{i}. {markdown_text(c)}" for i, c in enumerate(classes)],
         "",
         f"`{LABELS_NAME}` lists them in output order; the app code reads it (or the model's labels) at run "
         "time.",
@@ -207,7 +217,8 @@ def trained_lines(meta: dict[str, Any]) -> list[str]:
 
 def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
     """How each smaller copy fared on the val images: its top-1 drop against its own format's fp32 artifact
-    (Core ML: against fp32 PyTorch), and the verdict of the gate that ran on it."""
+    (Core ML: against fp32 PyTorch), the verdict of the gate that ran on it, and its agreement gate: how
+    often it answers differently from the fp32 PyTorch model."""
     lines = []
     for a in map(ArtifactEntry.from_dict, manifest["artifacts"]):
         if a.top1_drop_vs_fp32 is not None:
@@ -218,7 +229,7 @@ def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"- `{a.path}`: {drop:+.1f} points of val top-1 lost against {against}, top-1 agreement with it "
-            f"{_pct(agreement)}; {_gate_text(a.gate)}."
+            f"{_pct(agreement)}; {_gate_text(a.gate)}{_agreement_text(a.agreement_gate)}."
         )
     return ["## Quantization on these images", "", *lines, ""] if lines else []
 
