@@ -197,8 +197,15 @@ def test_every_artifact_exists_and_is_listed(exported: dict) -> None:
     assert {a["name"] for a in manifest["artifacts"]} == expected
     for name in expected:
         assert (out / name).exists(), name
-    assert manifest["handoff"] == ["labels.txt", "Classifier.swift", "README.md"]
-    assert all((out / name).is_file() for name in manifest["handoff"])
+    assert manifest["handoff"] == [
+        "golden.json",
+        "golden",
+        "labels.txt",
+        "Classifier.swift",
+        "ClassifierTests.swift",
+        "README.md",
+    ]
+    assert all((out / name).exists() for name in manifest["handoff"])
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
@@ -370,7 +377,10 @@ def test_every_coreml_variant_is_measured(exported: dict) -> None:
     assert agreement["passed"] == (palettized["top1_agreement"] >= 0.95)
     assert fp16["agreement_gate"] is None  # fp16 answers to its own agreement gate (99.5%)
     card = (out / "README.md").read_text()
-    assert "`ImageClassifier_int8.mlpackage`: val top-1" in card
+    drop = entry(manifest, "ImageClassifier_int8.mlpackage")["top1_drop_vs_pytorch"]
+    assert (  # one gate per artifact, stated once: the Core ML int8 line names its own 0.5-point gate
+        f"`ImageClassifier_int8.mlpackage`: {drop:+.1f} points of val top-1 lost against fp32 PyTorch"
+    ) in card
     assert "gate top1_drop_vs_pytorch <= 0.5 or sign-test p >= 0.05" in card
 
 
@@ -591,7 +601,7 @@ def test_reexport_without_a_known_checkpoint_keeps_nothing(tmp_path: Path) -> No
     second = small_export(tmp_path, export_config(formats=["onnx"], **{"onnx.int8": False}))
     assert second["errors"] == []
     names = sorted(p.name for p in (tmp_path / "export").iterdir())
-    assert names == ["README.md", "labels.txt", "manifest.json", "model.onnx"]
+    assert names == ["README.md", "golden", "golden.json", "labels.txt", "manifest.json", "model.onnx"]
 
 
 def test_reexport_keeps_other_formats_of_the_same_checkpoint_and_refuses_another(tmp_path: Path) -> None:

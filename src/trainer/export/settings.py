@@ -26,6 +26,13 @@ from trainer.export.formats import FORMATS, unknown_formats_message
 
 UPDATABLE_KINDS = ("knn", "head")
 LICENSE_UNSET = "unspecified (set export.license)"
+PRETRAINED_DESCRIPTION = "Image classifier fine-tuned from an ImageNet backbone"  # conf/export/default.yaml
+SCRATCH_DESCRIPTION = "Image classifier trained from scratch (no pretrained weights)"  # when pretrained=false
+
+
+def run_description(description: str, pretrained: object) -> str:
+    """The default description claims an ImageNet backbone: a run from scratch gets one that does not."""
+    return SCRATCH_DESCRIPTION if description == PRETRAINED_DESCRIPTION and not pretrained else description
 
 
 def default_author() -> str:
