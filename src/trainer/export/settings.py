@@ -201,10 +201,10 @@ class ExportSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
-        if self.enabled and not self.formats:
+        if self.enabled and not self.formats and self.updatable is None:
             raise ValueError(
-                "export.formats=[] exports nothing: list formats, e.g. export.formats=[onnx], or turn the "
-                "export off with export.enabled=false"
+                "export.formats=[] exports nothing: list formats, e.g. export.formats=[onnx], add "
+                "export.updatable=knn, or turn the export off with export.enabled=false"
             )
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
