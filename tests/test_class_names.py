@@ -13,8 +13,10 @@ import pytest
 from conftest import make_class_folder
 
 from trainer.data.class_names import ClassNameError
+from trainer.data.data_config import DataConfig
 from trainer.data.sources.folder import index_folder
 from trainer.export.handoff.escape import kotlin_string, markdown_text, swift_string
+from trainer.export.handoff.names import UPDATABLE_SWIFT_NAME
 from trainer.export.handoff.updatable_swift import swift_updatable
 
 ACCEPTED = [
@@ -102,7 +104,8 @@ def test_swift_and_kotlin_literals_parse_back(name):
 
 def test_updatable_swift_usage_comment_cannot_become_code():
     """Defect: a newline in the first or last class name broke out of the `//` comment into Swift code."""
-    source = swift_updatable("knn", 64, ("a\nlet pwned = 1", 'b" + evil'))
+    prep = DataConfig.resolve({"input_size": (3, 64, 64)}, 64)
+    source = swift_updatable("knn", prep, ("a\nlet pwned = 1", 'b" + evil'))
     assert "\nlet pwned" not in source
     usage = next(line for line in source.splitlines() if "classifier.update" in line)
     assert usage.startswith("//") and '"a\\nlet pwned = 1"' in usage and '"b\\" + evil"' in usage
@@ -173,7 +176,7 @@ def test_hostile_names_round_trip_through_every_artifact(tmp_path):
 
 def check_names_round_trip(out: Path, names: list[str], formats: list[str]) -> None:
     """Each of `names` comes back exactly from labels.txt, the manifest, every artifact's metadata, the model
-    card and UpdatableClassifier.swift (as string literals, the code around them unchanged)."""
+    card and PersonalizedClassifier.swift (as string literals, the code around them unchanged)."""
     import onnx
 
     manifest = json.loads((out / "manifest.json").read_text())
@@ -190,8 +193,9 @@ def check_names_round_trip(out: Path, names: list[str], formats: list[str]) -> N
         assert not any(name in (out / "Classifier.kt").read_text() for name in names if len(name) > 3)
     card = (out / "README.md").read_text()
     assert all(f". {markdown_text(name)}\n" in card for name in names) and "<i>" not in card
-    tokens, literals = _swift_literals((out / "UpdatableClassifier.swift").read_text())
-    assert tokens == _swift_literals(swift_updatable("knn", 32, ("a", "b")))[0], "the code means the same"
+    tokens, literals = _swift_literals((out / UPDATABLE_SWIFT_NAME).read_text())
+    plain = swift_updatable("knn", DataConfig.from_dict(manifest["preprocess"]), ("a", "b"))
+    assert tokens == _swift_literals(plain)[0], "the code means the same"
     assert names[0] in literals
 
 
