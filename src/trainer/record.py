@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ from omegaconf import OmegaConf
 
 from trainer.data.data_config import data_config_from_record
 from trainer.data.index import DatasetIndex, build_index
+from trainer.export.keep import checkpoint_identity
 from trainer.export.pipeline import export_all
-from trainer.export.settings import ExportSettings
+from trainer.export.settings import ExportSettings, run_description
 from trainer.models import Classifier, build_classifier, headless_copy
 from trainer.models.families import MobileNetV1Family, TimmFamily, TorchvisionFamily
+from trainer.utils.files import check_zip_sizes
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict[str, Any]:
             f"{setting}={path}: no such file; give a run's checkpoints/last.ckpt or best.ckpt"
         )
     try:
+        check_zip_sizes(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
@@ -93,6 +97,12 @@ def read_resume_checkpoint(path: str | Path, cfg: Any) -> dict[str, Any]:
             f"ckpt_path={path} cannot resume training (no {', '.join(missing)}): give checkpoints/last.ckpt"
         )
     record = ckpt[RECORD]
+    saved_size = record["config"].get("dataset", {}).get("image_size")
+    if saved_size is not None and saved_size != cfg.dataset.get("image_size"):
+        raise CheckpointError(
+            f"ckpt_path={path} was trained at dataset.image_size={saved_size}, this run has "
+            f"dataset.image_size={cfg.dataset.get('image_size')}: resume with the run's own settings"
+        )
     saved = record["config"]["model"]
     for key in ("name", "_target_", "alpha"):
         if saved.get(key) != cfg.model.get(key):
@@ -108,7 +118,7 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     ckpt = read_checkpoint(path)
     record = ckpt[RECORD]
     model_cfg = {**record["config"]["model"], "pretrained": False}  # the checkpoint holds every weight
-    classifier = build_classifier(model_cfg, len(record["classes"]))
+    classifier = build_classifier(model_cfg, len(record["classes"]), restoring=True)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     classifier.model.load_state_dict(state)
     classifier.model.eval()
@@ -122,22 +132,32 @@ def export_trained(
     out_dir: Path,
     index: DatasetIndex | None = None,
     metrics: dict[str, Any] | None = None,
+    checkpoint: Path | str | None = None,
 ) -> dict[str, Any]:
     """Export `classifier` with everything the run knows: classes, the data config the run resolved (kept in
-    the checkpoint: every input and the app's preprocessing follow it), val images, metrics."""
+    the checkpoint: every input and the app's preprocessing follow it), val images, metrics, and the
+    `checkpoint` file it was loaded from (named in every manifest entry)."""
     config = OmegaConf.create(record["config"])
     if index is None:  # from a checkpoint: the same dataset config finds the same images
         index = build_index(config.dataset)
     data_config = data_config_from_record(record)
+    pretrained = config.model.get("pretrained")
     provenance = {
         "backbone": config.model.name,
         "alpha": config.model.get("alpha"),
+        "pretrained": pretrained if isinstance(pretrained, str) else bool(pretrained),
+        "epochs": (metrics or {}).get("epochs"),
+        "train_images": len(index.train),
+        "image_size": data_config.size,
         "dataset": index.name,
         "config_hash": (metrics or {}).get("config_hash"),
         **{k: v for k, v in (metrics or {}).items() if k.startswith("val_") and v is not None},
     }
     # Trained in channels_last and/or bf16 autocast or not, every format is made from fp32 NCHW weights.
     model = classifier.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
+    description = run_description(settings.description, pretrained)
+    if description != settings.description:
+        settings = dataclasses.replace(settings, description=description)
     return export_all(
         model,
         classes=list(record["classes"]),
@@ -150,4 +170,5 @@ def export_trained(
         headless=headless_copy(classifier) if settings.headless or settings.updatable else None,
         head=model.get_submodule(classifier.head_name),
         train_samples=index.train,
+        checkpoint=checkpoint_identity(checkpoint) if checkpoint else None,
     )

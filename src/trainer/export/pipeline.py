@@ -22,11 +22,14 @@ from torch import nn
 
 from trainer.data.data_config import DataConfig
 from trainer.export.formats import FORMATS, Format
+from trainer.export.handoff.golden import GOLDEN_DIR, write_golden
+from trainer.export.handoff.golden_tests import write_kotlin_test, write_swift_tests
 from trainer.export.handoff.kotlin import write_kotlin
 from trainer.export.handoff.model_card import write_model_card
 from trainer.export.handoff.names import CARD_NAME, swift_package, tflite_model, write_labels
 from trainer.export.handoff.swift import write_swift
 from trainer.export.job import ExportJob
+from trainer.export.keep import artifacts_to_keep, copy_kept
 from trainer.export.manifest import MANIFEST_NAME, ArtifactEntry, staged_folder, write_manifest
 from trainer.export.metadata import ArtifactMetadata
 from trainer.export.settings import ExportSettings
@@ -78,10 +81,11 @@ def export_all(model: nn.Module, *, out_dir: Path, **kwargs: Any) -> dict:
     """Export `model` into `out_dir` (see `_export_into` for the arguments); returns the manifest.
 
     The export is built in a hidden folder beside `out_dir` and replaces it only once complete, so a crash
-    or an interrupt keeps the previous export whole.
+    or an interrupt keeps the previous export whole; the previous export's artifacts of other formats are
+    carried over (keep.py).
     """
     with staged_folder(Path(out_dir)) as work:
-        manifest = _export_into(model, out_dir=work, **kwargs)
+        manifest = _export_into(model, out_dir=work, previous=Path(out_dir), **kwargs)
     if manifest["errors"]:
         log.error(
             "export finished with %d error(s); see %s", len(manifest["errors"]), Path(out_dir) / MANIFEST_NAME
@@ -102,6 +106,8 @@ def _export_into(
     headless: nn.Module | None = None,
     head: nn.Module | None = None,
     train_samples: Sequence[tuple[str, int]] = (),
+    checkpoint: dict[str, str] | None = None,
+    previous: Path | None = None,
 ) -> dict:
     """Export `model` in every configured format to `out_dir`, verify each, and write manifest.json.
 
@@ -110,12 +116,20 @@ def _export_into(
     training images for int8 calibration; `provenance` (backbone, dataset, val metrics, config hash, ...) goes
     into the Core ML models, the manifest and the model card.
     `headless` (the model without its head), `head` and the labelled `train_samples` feed the feature
-    extractor and UpdatableClassifier exports (`export.headless`, `export.updatable`).
+    extractor and UpdatableClassifier exports (`export.headless`, `export.updatable`). `checkpoint` (path and
+    sha256, keep.py) is recorded in every entry; with it, `previous` export's other formats are kept.
     Returns the manifest. Failed formats are listed in its `errors` (never raised): exit non-zero on them.
     Raises ValueError for an invalid `cfg` before anything is written.
     """
     settings = cfg if isinstance(cfg, ExportSettings) else ExportSettings.from_config(cfg)
     settings.on_device.check_data(settings.updatable, classes, [label for _, label in train_samples])
+    carried = (
+        artifacts_to_keep(
+            previous, settings.formats, list(classes), checkpoint, settings.keep_other_checkpoints
+        )
+        if previous
+        else []
+    )
     model = copy.deepcopy(model).cpu().eval()
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
 
@@ -140,6 +154,14 @@ def _export_into(
     )
     if not len(inputs):
         job.warnings.append("no readable val images: the artifacts were exported but not verified")
+    elif not np.isfinite(job.reference).all():  # argmax of NaN agrees with itself: every gate would pass
+        job.fail(
+            "PyTorch reference",
+            [
+                "the model's own outputs on the val images are NaN or infinite, so no artifact can be "
+                "checked: its weights are broken (did training diverge? lower optim.lr)"
+            ],
+        )
 
     chosen = export_formats(job)
     if settings.headless:
@@ -149,6 +171,11 @@ def _export_into(
         from trainer.export.updatable.export import export_updatable
 
         updatable = export_updatable(job, headless=headless, head=head, train_samples=train_samples)
+    for entry in job.artifacts:
+        entry["checkpoint"] = checkpoint["sha256"] if checkpoint else None
+    if carried and previous:
+        copy_kept(previous, out_dir, carried)
+        job.artifacts.extend(carried)
 
     manifest: dict[str, Any] = {
         "classes": list(classes),
@@ -161,6 +188,7 @@ def _export_into(
         "license": settings.license,
         "version": settings.version,
         "metadata": provenance,
+        "checkpoint": checkpoint,
         "val_images": len(inputs),
         "unreadable_images": unreadable,
         "pytorch_val_top1": top1(job.reference, job.labels),
@@ -177,22 +205,30 @@ def _export_into(
         "handoff": [],
         "versions": {p: _version(p) for p in BASE_PACKAGES + [p for row in chosen for p in row.requires]},
     }
+    with job.guard("golden photos"):
+        golden = write_golden(out_dir, manifest, [samples[i][0] for i in kept], job.reference)
+        manifest["handoff"] += [golden, GOLDEN_DIR] if golden else []
     with job.guard("handoff files"):
         manifest["handoff"].append(write_labels(out_dir, classes))
         package = swift_package(job.artifacts)
         if package:
-            manifest["handoff"].append(write_swift(out_dir, package, data_config))
+            target = settings.coreml.minimum_deployment_target
+            manifest["handoff"].append(write_swift(out_dir, package, data_config, target))
+            if golden:
+                manifest["handoff"].append(write_swift_tests(out_dir, package, target))
         else:
             job.skip("Classifier.swift", "no Core ML classifier was exported")
         tflite = tflite_model(job.artifacts)
         if tflite:
             manifest["handoff"].append(write_kotlin(out_dir, tflite, data_config))
+            if golden:
+                manifest["handoff"].append(write_kotlin_test(out_dir))
         elif "litert" in settings.formats:
             job.skip("Classifier.kt", "no LiteRT classifier was exported")
         if updatable:
             from trainer.export.handoff.updatable_swift import write_updatable_swift
 
-            swift = write_updatable_swift(out_dir, settings.updatable, image_size, classes)
+            swift = write_updatable_swift(out_dir, settings.updatable, data_config, classes)
             manifest["handoff"].append(swift)
         manifest["handoff"].append(CARD_NAME)
         write_model_card(out_dir, manifest)
