@@ -18,7 +18,15 @@ from torch import nn
 from trainer.data.data_config import DataConfig
 from trainer.export.manifest import artifact_entry, record_errors
 from trainer.export.settings import ExportSettings
-from trainer.export.verify import SIGNIFICANCE, Predict, evaluate, fp32_problems, lost_and_gained, top1
+from trainer.export.verify import (
+    SIGNIFICANCE,
+    Predict,
+    changed_answers,
+    evaluate,
+    fp32_problems,
+    lost_and_gained,
+    top1,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,7 @@ class ExportJob:
     model_metadata: dict[str, Any]  # what goes into the models' own metadata
     read_calibration: Callable[[], np.ndarray]
     threads: int
+    val_paths: list[str] = field(default_factory=list)  # the image of each row of `inputs`
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -124,6 +133,7 @@ class ExportJob:
         entry["top1_agreement_vs_fp32"] = float((fp32.argmax(1) == outputs.argmax(1)).mean())
         entry["top1_drop_vs_fp32"] = round(100.0 * (fp32_top1 - own_top1), 3)
         entry.update(lost_and_gained(fp32, outputs, self.labels))
+        entry["answers_changed_vs_fp32"] = changed_answers(fp32, outputs, self.labels, self.val_paths)
         if entry["top1_drop_vs_fp32"] > MAX_INT8_TOP1_DROP and entry["top1_drop_p_value"] < SIGNIFICANCE:
             self.warnings.append(
                 f"{what} loses {entry['top1_drop_vs_fp32']:.2f} points of val top-1 against fp32 "

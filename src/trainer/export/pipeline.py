@@ -26,6 +26,7 @@ from trainer.export.handoff.kotlin import write_kotlin
 from trainer.export.handoff.model_card import write_model_card
 from trainer.export.handoff.names import CARD_NAME, swift_package, tflite_model, write_labels
 from trainer.export.handoff.swift import write_swift
+from trainer.export.handoff.try_page import PAGE_NAME, RUNTIME_FOLDER, write_try_page
 from trainer.export.job import ExportJob
 from trainer.export.manifest import MANIFEST_NAME, staged_folder, write_manifest
 from trainer.export.settings import ExportSettings
@@ -125,6 +126,7 @@ def _export_into(
             _spread(calibration_paths, settings.onnx.calibration_images), data_config
         )[0],
         threads=torch.get_num_threads(),
+        val_paths=[samples[i][0] for i in kept],
     )
     if not len(inputs):
         job.warnings.append("no readable val images: the artifacts were exported but not verified")
@@ -185,6 +187,11 @@ def _export_into(
             job.skip("Classifier.kt", "no LiteRT classifier was exported")
         if updatable_swift:
             manifest["handoff"].append(updatable_swift)
+        page, reason = write_try_page(out_dir, manifest)
+        if page:
+            manifest["handoff"] += [page, RUNTIME_FOLDER]
+        elif "onnx" in settings.formats:
+            job.skip(PAGE_NAME, reason or "")
         manifest["handoff"].append(CARD_NAME)
         write_model_card(out_dir, manifest)
     write_manifest(out_dir, manifest)

@@ -17,6 +17,7 @@ from trainer.export.handoff.names import (
     swift_package,
     tflite_model,
 )
+from trainer.export.handoff.not_sure import not_sure_section
 from trainer.export.job import MAX_INT8_TOP1_DROP
 from trainer.utils.files import write_text
 
@@ -171,6 +172,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         *_trained(meta),
         "",
     ]
+    lines += not_sure_section(meta)
     lines += _quantization_lines(manifest)
     lines += _updatable_section(manifest)
     package = swift_package(manifest["artifacts"])
