@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import make_class_folder
+from conftest import class_image, make_class_folder
+from PIL import Image
 
 from trainer.cli import compose_config
 from trainer.data.data_config import DataConfig
@@ -28,6 +29,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
 CLASSES = {"red <b>x": 12, "green & co": 12, "blue": 12}  # class names a page must escape
 PROBABILITY_TOLERANCE = 1e-3
+# Logits, as a share of each photo's logit range: meaningful whatever the temperature flattened.
+LOGIT_TOLERANCE = 1e-3
+DRAFT_TOLERANCE = 3e-2  # a large JPEG: trainer decodes it with DCT scaling, the page averages blocks
 
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium: apt-get install chromium")
@@ -41,7 +45,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_class_folder(photos / "train", CLASSES)
     make_class_folder(photos / "val", {name: 4 for name in CLASSES})
     overrides = ["dataset=folder", f"dataset.root={photos}", "model=demo", "model.alpha=0.25",
-                 "dataset.image_size=32", "dataset.batch_size=8", "trainer.max_epochs=2",
+                 "dataset.image_size=32", "dataset.batch_size=8", "trainer.max_epochs=3", "optim.lr=0.01",
                  "export.formats=[onnx]", "export.latency.runs=1", "export.latency.warmup=0"]  # fmt: skip
     train(compose_config(overrides, output_dir=str(root / "run")))
     return root / "run"
@@ -70,6 +74,18 @@ def page(tmp_path: Path) -> Iterator:
         browser.close()
 
 
+def _phone_photos(folder: Path) -> list[Path]:
+    """A small JPEG stored sideways with EXIF orientation 6 (shown upright), and one large enough that
+    trainer decodes it at half size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sideways, large = folder / "sideways.jpg", folder / "large.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    class_image(0, size=48).resize((64, 40)).save(sideways, quality=90, exif=exif)
+    class_image(1, size=48).resize((400, 300), Image.BICUBIC).save(large, quality=90)
+    return [sideways, large]
+
+
 def _screenshot(page, path: Path) -> None:
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
@@ -81,7 +97,7 @@ def test_report_page_opens_offline_and_escapes_class_names(run_dir: Path, server
     page.goto(f"{server}/report.html")
     text = page.inner_text("body")
     assert "red <b>x" in text and "green & co" in text  # shown as text, not parsed as markup
-    assert page.locator("b:text-is(\"x\")").count() == 0
+    assert page.locator('b:text-is("x")').count() == 0
     for heading in ("Confidence", "Per class", "Confusion matrix", "Training curves", "Artifacts"):
         assert page.get_by_role("heading", name=heading).count() == 1
     assert "http" not in report.read_text().replace("http://www.w3.org/2000/svg", "")  # nothing fetched
@@ -108,13 +124,15 @@ def test_try_page_gives_onnxruntime_answers(run_dir: Path, server: str, page, tm
         pytest.skip(f"{reason} (`{FETCH_COMMAND}`)")
     export = run_dir / "export"
     manifest = json.loads((export / "manifest.json").read_text())
-    photos = sorted((run_dir.parent / "photos" / "val").rglob("*.*"))[::6][:2]
+    val = sorted((run_dir.parent / "photos" / "val").rglob("*.*"))[::6][:2]
+    photos = val + _phone_photos(tmp_path / "phone")
+    tolerances = [LOGIT_TOLERANCE] * 3 + [DRAFT_TOLERANCE]
     page.goto(f"{server}/export/try.html")
     page.evaluate("window.trainerReady")
     options = page.locator("#model option").all_inner_texts()
     assert any("int8" in o for o in options) and any("fp32" in o for o in options)
     page.set_input_files("#files", [str(p) for p in photos])
-    page.wait_for_function("window.trainerResults.length === 2", timeout=30_000)
+    page.wait_for_function(f"window.trainerResults.length === {len(photos)}", timeout=30_000)
     results = page.evaluate("window.trainerResults")
 
     inputs, kept, _ = load_inputs([str(p) for p in photos], DataConfig.from_dict(manifest["preprocess"]))
@@ -122,9 +140,10 @@ def test_try_page_gives_onnxruntime_answers(run_dir: Path, server: str, page, tm
     logits = session.run(None, {session.get_inputs()[0].name: inputs})[0]
     expected = np.exp(logits - logits.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
-    assert kept == [0, 1]
-    for result, want in zip(results, expected, strict=True):
-        assert result["top"] == int(want.argmax())
+    assert kept == [0, 1, 2, 3] and [r["file"] for r in results] == [p.name for p in photos]
+    for result, want, logit, tolerance in zip(results, expected, logits, tolerances, strict=True):
         np.testing.assert_allclose(result["probs"], want, atol=PROBABILITY_TOLERANCE)
+        np.testing.assert_allclose(result["logits"], logit, rtol=0, atol=tolerance * np.ptp(logit))
+    assert [r["top"] for r in results[:3]] == list(expected[:3].argmax(1))
     _screenshot(page, tmp_path / "try.png")
     assert page.errors == []

@@ -74,16 +74,40 @@ function resize(img, w, h, interpolation) {
   return img;
 }
 
+// trainer decodes a JPEG whose shorter side is over 2x data_config.decode_min_side at 1/2, 1/4 or 1/8 of
+// its size (libjpeg's DCT scaling, PIL's draft); the page averages blocks of the same factor instead: close,
+// not bit-exact, and both are then downscaled further by the antialiased resize.
+function draftFactor(w, h, prep) {
+  const scale = 2 * prep.resize / Math.min(w, h);
+  if (scale >= 1) return 1;
+  const s = Math.min(Math.floor(w / Math.max(1, Math.round(w * scale))), Math.floor(h / Math.max(1, Math.round(h * scale))));
+  return [8, 4, 2, 1].find((f) => s >= f);
+}
+
+function boxReduce(img, f) {
+  const w = Math.ceil(img.w / f), h = Math.ceil(img.h / f), out = new Uint8ClampedArray(w * h * 3);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++) {
+    let sum = 0, n = 0;
+    for (let yy = y * f; yy < Math.min(img.h, y * f + f); yy++) for (let xx = x * f; xx < Math.min(img.w, x * f + f); xx++) {
+      sum += img.data[(yy * img.w + xx) * 3 + c]; n++;
+    }
+    out[(y * w + x) * 3 + c] = Math.round(sum / n);
+  }
+  return { w, h, data: out };
+}
+
 function roundHalfEven(x) {  // Python's round(), which torchvision's centre crop uses
   const r = Math.round(x);
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
 // RGBA ImageData (upright, full size) -> Float32Array (3 * S * S) as the data config says.
-function preprocess(imageData, prep) {
+function preprocess(imageData, prep, jpeg) {
   const n = imageData.width * imageData.height, rgb = new Uint8ClampedArray(n * 3);
   for (let i = 0; i < n; i++) for (let c = 0; c < 3; c++) rgb[i * 3 + c] = imageData.data[i * 4 + c];
   let img = { w: imageData.width, h: imageData.height, data: rgb };
+  const factor = jpeg ? draftFactor(img.w, img.h, prep) : 1;
+  if (factor > 1) img = boxReduce(img, factor);
   const r = prep.resize;
   let w = r, h = r;
   if (prep.crop_mode === 'center') {  // torchvision: shorter side to r, longer side truncated
