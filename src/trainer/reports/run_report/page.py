@@ -66,10 +66,11 @@ def write_run_report(
         artifacts_section(manifest, classes),
     ]
     page = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>{esc(title)}</title>'
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+        f"<title>{esc(title)}</title>"
         f"<style>{STYLE}</style></head><body>{''.join(body)}<script>{FILTER}</script></body></html>"
     )
     path = run_dir / REPORT_NAME
     write_text(path, page)
-    log.info("Run report: %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    log.debug("Run report: %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path

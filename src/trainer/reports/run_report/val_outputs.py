@@ -3,6 +3,7 @@ them: what report.html and the "not sure" rule read. Run once after training, be
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,22 @@ def apply_confidence(
     example = torch.randn(2, 3, image_size, image_size)
     calibration["in_model"] = fold_temperature(model, head_name, calibration["temperature"], example)
     write_json(run_dir / CALIBRATION_NAME, calibration)
+    return _figures(calibration)
+
+
+def reapply_confidence(model: nn.Module, head_name: str, image_size: int, run_dir: Path) -> dict[str, Any]:
+    """For an export from a checkpoint: fold the temperature its run fitted (run_dir/calibration.json) into
+    `model` in place, and return the figures for the export's provenance ({} for runs without one)."""
+    path = run_dir / CALIBRATION_NAME
+    if not path.is_file():
+        return {}
+    calibration = json.loads(path.read_text())
+    example = torch.randn(2, 3, image_size, image_size)
+    calibration["in_model"] = fold_temperature(model, head_name, calibration["temperature"], example)
+    return _figures(calibration)
+
+
+def _figures(calibration: dict[str, Any]) -> dict[str, Any]:
     thresholds = calibration["not_sure_thresholds"]
     return {
         "temperature": round(calibration["temperature"], 5),
