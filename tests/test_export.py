@@ -35,6 +35,7 @@ from trainer.export.converters.coreml import target as coreml_target
 from trainer.export.converters.coreml.gates import RUNTIME
 from trainer.export.converters.torchscript import lite_unavailable_reason
 from trainer.export.handoff.names import xcode_class_name
+from trainer.export.handoff.try_page.runtime import FETCH_COMMAND, missing_reason
 from trainer.export.manifest import sha256, size_bytes
 from trainer.export.pipeline import export_all
 from trainer.export.verify import sign_test
@@ -190,8 +191,11 @@ def test_every_artifact_exists_and_is_listed(exported: dict) -> None:
     assert {a["name"] for a in manifest["artifacts"]} == expected
     for name in expected:
         assert (out / name).exists(), name
-    assert manifest["handoff"] == ["labels.txt", "Classifier.swift", "README.md"]
-    assert all((out / name).is_file() for name in manifest["handoff"])
+    try_page = [] if missing_reason() else ["try.html", "try_runtime"]  # with ONNX Runtime Web in the cache
+    assert manifest["handoff"] == ["labels.txt", "Classifier.swift", *try_page, "README.md"]
+    assert all((out / name).exists() for name in manifest["handoff"])
+    if not try_page:
+        assert FETCH_COMMAND in next(s["reason"] for s in manifest["skipped"] if s["name"] == "try.html")
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
