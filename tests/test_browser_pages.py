@@ -51,10 +51,15 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # one line per request would drown the output
+        pass
+
+
 @pytest.fixture(scope="module")
 def server(run_dir: Path) -> Iterator[str]:
     """The run folder over HTTP on 127.0.0.1 (browsers refuse fetch() from file:// pages)."""
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(run_dir))
+    handler = functools.partial(_QuietHandler, directory=str(run_dir))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
