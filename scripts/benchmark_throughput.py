@@ -27,14 +27,11 @@ from pathlib import Path
 import torch
 
 from trainer.cli import compose_config
-from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
-from trainer.data.index import build_index
 from trainer.models import build_classifier
-from trainer.training.module import ClassifierModule, run_record
+from trainer.training.module import ClassifierModule
 from trainer.training.plain_recipe import split_folder_root, train_plain
-from trainer.training.run import build_trainer
-from trainer.training.speed import resolve_memory_format
+from trainer.training.run import build_run, build_trainer
 from trainer.training.threads import apply_cpu_threads
 
 
@@ -85,13 +82,8 @@ def main(argv: list[str]) -> dict:
         settings = ["export.enabled=false", "~logger", "finetune.linear_probe=false"]
         cfg = compose_config([*args.overrides, *settings], output_dir=out)
         apply_cpu_threads(cfg)
-        index = build_index(cfg.dataset)
-        classifier = build_classifier(cfg.model, index.num_classes)
-        data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
-        datamodule = ImageDataModule.from_config(index, data_config, cfg)
-        memory_format = resolve_memory_format(cfg.get("memory_format"), cfg.trainer)
-        record = run_record(cfg, index.classes, data_config)
-        module = ClassifierModule(**record, classifier=classifier, memory_format=memory_format)
+        run = build_run(cfg)
+        index, datamodule, module = run.index, run.datamodule, run.module
         steps = max(2, min(args.steps, len(index.train) // datamodule.batch_size))
         start = time.perf_counter()
         cached = datamodule.decoded("train") is not None  # dataset.cache: decode once, before training
@@ -126,7 +118,7 @@ def main(argv: list[str]) -> dict:
         "num_workers": datamodule.num_workers,
         "torch_threads": torch.get_num_threads(),
         "precision": precision,
-        "memory_format": str(memory_format).removeprefix("torch."),
+        "memory_format": str(run.memory_format).removeprefix("torch."),
         "steps": steps,
         "cache": cached,
         "decode_once_seconds": decode_once if cached else None,

@@ -86,22 +86,13 @@ def fit_with(cfg, run_dir: Path, callback, max_epochs: int, batches_only: bool =
     """Fit the classifier `cfg` describes, built as train.py builds it, with `callback` added (no final
     evaluation or export); the Classifier. `batches_only`: the train loader alone, no datamodule (as
     scripts/benchmark_throughput.py feeds batches)."""
-    from trainer.data.data_config import DataConfig
-    from trainer.data.datamodule import ImageDataModule
-    from trainer.data.index import build_index
-    from trainer.models import build_classifier
-    from trainer.training.module import ClassifierModule, run_record
-    from trainer.training.run import build_trainer
+    from trainer.training.run import build_run, build_trainer
 
-    index = build_index(cfg.dataset)
-    classifier = build_classifier(cfg.model, index.num_classes)
-    data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
-    module = ClassifierModule(**run_record(cfg, index.classes, data_config), classifier=classifier)
+    run = build_run(cfg)
     trainer, _, _ = build_trainer(cfg, run_dir, max_epochs=max_epochs, enable_progress_bar=False)
     trainer.callbacks.append(callback)
-    data = ImageDataModule.from_config(index, data_config, cfg)
     if batches_only:
-        trainer.fit(module, train_dataloaders=data.train_dataloader())
+        trainer.fit(run.module, train_dataloaders=run.datamodule.train_dataloader())
     else:
-        trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    return classifier
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    return run.classifier

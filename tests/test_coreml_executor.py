@@ -150,23 +150,25 @@ def test_gates_and_own_metadata() -> None:
     assert gate_problem("coreml_fp16", gate("fp16", {"top1_agreement_beyond_ties": 0.99})) == [
         "coreml_fp16: failed check top1_agreement_beyond_ties >= 0.995: measured 0.99"
     ]
-    assert gate_problem("coreml_int8", gate("int8", {"top1_drop_vs_fp32": 0.5})) == []
-    assert gate_problem("coreml_int8", gate("int8", {"top1_drop_vs_fp32": 0.6})) == [
-        "coreml_int8: failed check top1_drop_vs_fp32 <= 0.5: measured 0.6"
+    assert gate_problem("coreml_int8", gate("int8", {"top1_drop_vs_pytorch": 0.5})) == []
+    assert gate_problem("coreml_int8", gate("int8", {"top1_drop_vs_pytorch": 0.6})) == [
+        "coreml_int8: failed check top1_drop_vs_pytorch <= 0.5: measured 0.6"
     ]
-    assert gate("palettize6", {"top1_drop_vs_fp32": 1.0})["passed"]
-    assert gate("palettize2", {"top1_drop_vs_fp32": 9.0}) is None
+    assert gate("palettize6", {"top1_drop_vs_pytorch": 1.0})["passed"]
+    assert gate("palettize2", {"top1_drop_vs_pytorch": 9.0}) is None
     # with the images behind the drop: over the limit fails only where the sign test says it is not chance
-    chance = {"top1_drop_vs_fp32": 1.961, "top1_drop_p_value": sign_test(4, 1)}  # 3 photos of 153, p 0.19
-    real = {"top1_drop_vs_fp32": 3.268, "top1_drop_p_value": sign_test(5, 0)}  # 5 photos, p 0.03
+    p_value = "top1_drop_p_value_vs_pytorch"
+    chance = {"top1_drop_vs_pytorch": 1.961, p_value: sign_test(4, 1)}  # 3 photos of 153, p 0.19
+    real = {"top1_drop_vs_pytorch": 3.268, p_value: sign_test(5, 0)}  # 5 photos, p 0.03
     assert gate("palettize6", chance) == {
-        "rule": "top1_drop_vs_fp32 <= 1.0 or sign-test p >= 0.05",
+        "rule": "top1_drop_vs_pytorch <= 1.0 or sign-test p >= 0.05",
         "value": 1.961,
         "passed": True,
         "p_value": 0.1875,
+        "on_failure": "error",
     }
     assert gate_problem("coreml_palettize6", gate("palettize6", real)) == [
-        "coreml_palettize6: failed check top1_drop_vs_fp32 <= 1.0 or sign-test p >= 0.05: measured 3.268 "
+        "coreml_palettize6: failed check top1_drop_vs_pytorch <= 1.0 or sign-test p >= 0.05: measured 3.268 "
         "(p 0.03125)"
     ]
     assert sign_test(0, 0) == 1.0 and sign_test(0, 3) == 1.0 and sign_test(3, 0) == 0.125

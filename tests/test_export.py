@@ -11,11 +11,14 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import coremltools as ct
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torchvision
@@ -29,6 +32,7 @@ from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
 from trainer.export.converters import onnx as onnx_format
+from trainer.export.converters import torchscript as torchscript_format
 from trainer.export.converters.coreml import convert as coreml_convert
 from trainer.export.converters.coreml import spec as coreml_spec
 from trainer.export.converters.coreml import target as coreml_target
@@ -37,7 +41,9 @@ from trainer.export.converters.torchscript import lite_unavailable_reason
 from trainer.export.handoff.names import xcode_class_name
 from trainer.export.handoff.try_page.runtime import FETCH_COMMAND, missing_reason
 from trainer.export.manifest import sha256, size_bytes
+from trainer.export.metadata import ArtifactMetadata, as_json
 from trainer.export.pipeline import export_all
+from trainer.export.settings import ExportSettings
 from trainer.export.verify import sign_test
 from trainer.utils.files import atomic_output
 
@@ -166,7 +172,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
         provenance=METADATA,
         headless=headless,
     )
-    return {"manifest": manifest, "out": out_dir, "model": model, "val": val_samples}
+    return {"manifest": manifest, "out": out_dir, "model": model, "val": val_samples, "cfg": cfg}
 
 
 def entry(manifest: dict, name: str) -> dict:
@@ -346,7 +352,7 @@ def test_every_coreml_variant_is_measured(exported: dict) -> None:
             assert artifact["min_cosine_similarity"] > 0.99
             continue
         assert artifact["top1_agreement"] >= 0.95
-        assert artifact["top1_drop_vs_fp32"] == pytest.approx(
+        assert artifact["top1_drop_vs_pytorch"] == pytest.approx(
             100 * (manifest["pytorch_val_top1"] - artifact["val_top1"]), abs=1e-3
         )
         assert artifact["gate"]["passed"], artifact["gate"]
@@ -357,13 +363,43 @@ def test_every_coreml_variant_is_measured(exported: dict) -> None:
     assert fp16["gate"]["rule"] == "top1_agreement_beyond_ties >= 0.995"
     assert fp16["top1_agreement_beyond_ties"] >= 0.995 and fp16["top1_agreement"] >= 0.995
     palettized = entry(manifest, "ImageClassifier_palettize6.mlpackage")
-    assert palettized["gate"]["rule"] == "top1_drop_vs_fp32 <= 1.0 or sign-test p >= 0.05"
-    lost, gained = palettized["top1_images_lost_gained"]
+    assert palettized["gate"]["rule"] == "top1_drop_vs_pytorch <= 1.0 or sign-test p >= 0.05"
+    lost, gained = palettized["top1_images_lost_gained_vs_pytorch"]
     p_value = round(sign_test(lost, gained), 4)
-    assert palettized["gate"]["p_value"] == palettized["top1_drop_p_value"] == p_value
+    assert palettized["gate"]["p_value"] == palettized["top1_drop_p_value_vs_pytorch"] == p_value
     card = (out / "README.md").read_text()
     assert "`ImageClassifier_int8.mlpackage`: val top-1" in card
-    assert "gate top1_drop_vs_fp32 <= 0.5 or sign-test p >= 0.05" in card
+    assert "gate top1_drop_vs_pytorch <= 0.5 or sign-test p >= 0.05" in card
+
+
+def stored_metadata(stored: Mapping[str, Any], cfg: Any) -> None:
+    """`stored` (one artifact's metadata as its runtime reads it: JSON values, or strings with JSON for
+    non-strings) holds the export's metadata: labels, preprocessing, author, license, version, provenance."""
+    settings = ExportSettings.from_config(cfg)
+    expected = json.loads(as_json(ArtifactMetadata.build(CLASSES, DATA_CONFIG, METADATA, settings).to_dict()))
+    assert expected["labels"] == CLASSES and expected["pytorch_val_top1"] == METADATA["val_top1"]
+    assert expected["preprocess"] == json.loads(json.dumps(DATA_CONFIG.to_dict()))
+    read = {
+        key: stored[key]
+        if isinstance(value, str) or not isinstance(stored[key], str)
+        else json.loads(stored[key])
+        for key, value in expected.items()
+        if key in stored
+    }
+    assert read == expected
+
+
+def test_every_artifact_carries_the_metadata(exported: dict) -> None:
+    """TorchScript, ONNX and Core ML files, each read back by its own runtime's reader (LiteRT and ExecuTorch:
+    test_mobile_export)."""
+    out, cfg = exported["out"], exported["cfg"]
+    assert exported["manifest"]["errors"] == []
+    stored_metadata(torchscript_format.read_metadata(out / "model_torchscript.pt"), cfg)
+    for name in ("model.onnx", "model_int8.onnx"):
+        session = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        stored_metadata(session.get_modelmeta().custom_metadata_map, cfg)
+    for name in ("ImageClassifier_fp16.mlpackage", "ImageClassifier_int8.mlpackage"):
+        stored_metadata(ct.models.utils.load_spec(str(out / name)).description.metadata.userDefined, cfg)
 
 
 def test_skipped_variants_give_reasons(exported: dict) -> None:
@@ -467,7 +503,7 @@ def test_failed_coreml_conversion_keeps_other_artifacts(
 
 
 def test_interrupted_first_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def dying_save(module: object, path: str) -> None:
+    def dying_save(module: object, path: str, **kwargs: object) -> None:
         Path(path).write_bytes(b"PK\x03\x04 half a zip")
         raise KeyboardInterrupt  # the process is stopped mid-write
 

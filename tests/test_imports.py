@@ -3,7 +3,7 @@
 The import graph is read from the source with `ast`, so every module counts (export/ included, also those
 whose optional dependencies are not installed here), and so do imports inside functions: a lazy import that
 closes a circle only hides it until some caller imports in the other order. Imports under `if TYPE_CHECKING:`
-never run and are left out.
+count too: they never run, but a reader (and a type checker) follows them like any other.
 """
 
 from __future__ import annotations
@@ -27,27 +27,11 @@ def module_names(root: Path = PACKAGE) -> dict[str, Path]:
     return names
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imported(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> set[str]:
     """The package's modules that `module` imports (the module itself when an imported name is a module)."""
     found: set[str] = set()
-    skip = {
-        id(n)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and _is_type_checking(node)
-        for child in node.body
-        for n in ast.walk(child)
-    }
     base = module.split(".") if is_package else module.split(".")[:-1]
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name in known)
         elif isinstance(node, ast.ImportFrom):
@@ -100,7 +84,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
-    """The checker itself: absolute, relative, from-package and lazy imports are edges; TYPE_CHECKING not."""
+    """The checker itself: absolute, relative, from-package, lazy and TYPE_CHECKING imports are edges."""
     pkg = tmp_path / "trainer"
     (pkg / "data" / "sources").mkdir(parents=True)
     files = {
@@ -117,7 +101,7 @@ def test_the_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
     assert graph["trainer.data.index"] == {"trainer.data.sources"}
     assert graph["trainer.data.sources"] == {"trainer.data.sources.folder"}
     assert graph["trainer.data.sources.folder"] == {"trainer.data.index", "trainer.data"}
-    assert graph["trainer.data.typed"] == set()
+    assert graph["trainer.data.typed"] == {"trainer.data.index"}
     assert find_cycle(graph) == [
         "trainer.data.index",
         "trainer.data.sources",

@@ -26,6 +26,7 @@ from test_export import (
     export_config,
     make_images,
     small_export,
+    stored_metadata,
     train,
 )
 from test_predict import pytorch_probabilities
@@ -33,6 +34,7 @@ from torchvision import transforms as T
 
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
+from trainer.export.converters import executorch as executorch_format
 from trainer.export.converters.litert import export as litert
 from trainer.export.converters.litert import flatbuffer as litert_flatbuffer
 from trainer.export.formats import FORMATS, Format
@@ -70,6 +72,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     calibration = [p for p, _ in train_samples]
     return {
+        "cfg": export_config(formats=MOBILE),
         "manifest": manifest,
         "out": root / "export",
         "model": model,
@@ -92,6 +95,15 @@ def test_every_precision_is_exported_and_listed(exported: dict) -> None:
     assert manifest["handoff"] == ["labels.txt", "Classifier.kt", "README.md"]
     assert all((out / name).is_file() for name in [*names, *manifest["handoff"]])
     assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+def test_every_artifact_carries_the_metadata(exported: dict) -> None:
+    """The .tflite files read back by the flatbuffer reader, the .pte files by ExecuTorch's runtime."""
+    out, cfg = exported["out"], exported["cfg"]
+    for name in ("model.tflite", "model_fp16.tflite", "model_int8.tflite"):
+        stored_metadata(litert_flatbuffer.read_metadata(out / name), cfg)
+    for name in ("model.pte", "model_int8.pte"):
+        stored_metadata(executorch_format.read_metadata(out / name), cfg)
 
 
 def test_fp32_artifacts_agree_with_pytorch_in_their_runtimes(exported: dict) -> None:
@@ -274,6 +286,13 @@ def test_int8_gate_warns_past_one_point_when_it_is_not_chance(tmp_path: Path) ->
         "top1_drop_vs_fp32": 0.0,
         "top1_images_lost_gained": [0, 0],
         "top1_drop_p_value": 1.0,
+        "gate": {
+            "rule": "top1_drop_vs_fp32 <= 1.0 or sign-test p >= 0.05",
+            "value": 0.0,
+            "passed": True,
+            "p_value": 1.0,
+            "on_failure": "warning",
+        },
     }
     assert chance["top1_drop_vs_fp32"] == 8.333 and chance["top1_drop_p_value"] == 0.5
     assert wrong["top1_drop_vs_fp32"] == 50.0 and wrong["top1_images_lost_gained"] == [6, 0]

@@ -22,6 +22,7 @@ from trainer.data.datamodule import (
     resolve_num_workers,
 )
 from trainer.data.index import build_index
+from trainer.export.settings import ExportSettings
 from trainer.models import build_classifier
 from trainer.training.module import ClassifierModule, feature_blocks, run_record
 from trainer.training.run import build_trainer, train
@@ -149,12 +150,21 @@ def test_layer_decay_slows_early_blocks_most(tmp_path):
     assert covered == len(list(classifier.model.parameters()))
 
 
-def test_export_after_channels_last_bf16_ema_training_passes_the_agreement_gates(tmp_path, tiny_folder):
-    """The exported model is fp32 NCHW whatever the training ran in; TorchScript and ONNX agree with it."""
+def test_export_after_channels_last_bf16_ema_training_passes_the_agreement_gates(
+    tmp_path, tiny_folder, monkeypatch
+):
+    """The exported model is fp32 NCHW whatever the training ran in; TorchScript and ONNX agree with it.
+    The run reads its export settings once (each read asks git for the author)."""
     overrides = [*TINY, "dataset=folder", f"dataset.root={tiny_folder}", "trainer.max_epochs=2"]
     overrides += ["memory_format=channels_last", "trainer.precision=bf16-mixed", "finetune.ema_decay=0.5"]
     overrides += ["export.formats=[torchscript,onnx]", "export.onnx.int8=false", "export.latency.runs=2"]
-    metrics = train(compose_config(overrides, output_dir=str(tmp_path / "run")))
+    cfg = compose_config(overrides, output_dir=str(tmp_path / "run"))
+    reads, read = [], ExportSettings.from_config.__func__
+    monkeypatch.setattr(
+        ExportSettings, "from_config", classmethod(lambda cls, node: reads.append(node) or read(cls, node))
+    )
+    metrics = train(cfg)
+    assert len(reads) == 1
     assert metrics["precision"] == "bf16-mixed" and metrics["memory_format"] == "channels_last"
     manifest = json.loads((tmp_path / "run" / "export" / "manifest.json").read_text())
     assert manifest["errors"] == []

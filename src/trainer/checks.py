@@ -139,24 +139,25 @@ def check_training(cfg: DictConfig) -> None:
         number(cfg, "threads", low=1, example=2, integer=True, why="or null for one per core")
 
 
-def check_export(export_cfg: DictConfig) -> None:
-    """The export settings (formats, Core ML variants, target, ...) through the export's own validators."""
+def check_export(export_cfg: DictConfig) -> ExportSettings:
+    """The export settings (formats, Core ML variants, target, ...) through the export's own validators; the
+    run exports with the settings returned, read once."""
     try:
-        ExportSettings.from_config(export_cfg)
+        return ExportSettings.from_config(export_cfg)
     except ValueError as exc:
         raise SettingError(f"{exc}. Example: export.formats=[torchscript,onnx,coreml]") from None
 
 
-def check_train_settings(cfg: DictConfig) -> dict[str, Any] | None:
-    """Check every setting of `train.py`; return the run record of `ckpt_path` when resuming."""
+def check_train_settings(cfg: DictConfig) -> tuple[dict[str, Any] | None, ExportSettings | None]:
+    """Check every setting of `train.py`; return the run record of `ckpt_path` when resuming, and the export
+    settings when exporting."""
     check_dataset(cfg)
     check_model(cfg)
     check_augment(cfg)
     check_training(cfg)
-    if cfg.export.enabled:
-        check_export(cfg.export)
+    settings = check_export(cfg.export) if cfg.export.enabled else None
     if _get(cfg, "ckpt_path"):
         from trainer.record import read_resume_checkpoint
 
-        return read_resume_checkpoint(cfg.ckpt_path, cfg)
-    return None
+        return read_resume_checkpoint(cfg.ckpt_path, cfg), settings
+    return None, settings

@@ -62,13 +62,13 @@ def export(cfg: DictConfig) -> None:
     from trainer.reports.run_report.val_outputs import reapply_confidence
 
     def job(cfg: DictConfig) -> dict:
-        check_export(cfg.export)
+        settings = check_export(cfg.export)
         classifier, record = load_checkpoint(cfg.ckpt)
         run_dir = Path(cfg.ckpt).resolve().parents[1]
         out_dir = Path(cfg.out_dir) if cfg.out_dir else run_dir / "export"
         size = data_config_from_record(record).size
         confidence = reapply_confidence(classifier.model, classifier.head_name, size, run_dir)
-        manifest = export_trained(classifier, record, cfg.export, out_dir, metrics=confidence)
+        manifest = export_trained(classifier, record, settings, out_dir, metrics=confidence)
         log.info("%s", "\n".join([f"Exported to {out_dir}", *artifact_table(manifest)]))
         if manifest["errors"]:
             raise RuntimeError(failure_message(manifest, out_dir / MANIFEST_NAME))

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from trainer.data.data_config import data_config_from_record
 from trainer.data.index import DatasetIndex, build_index
 from trainer.export.pipeline import export_all
+from trainer.export.settings import ExportSettings
 from trainer.models import Classifier, build_classifier, headless_copy
 from trainer.models.families import MobileNetV1Family, TimmFamily, TorchvisionFamily
 from trainer.reports.run_report.val_outputs import CONFIDENCE_KEYS
@@ -118,7 +119,7 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
 def export_trained(
     classifier: Classifier,
     record: dict[str, Any],
-    export_cfg: Any,
+    settings: ExportSettings,
     out_dir: Path,
     index: DatasetIndex | None = None,
     metrics: dict[str, Any] | None = None,
@@ -144,13 +145,11 @@ def export_trained(
         classes=list(record["classes"]),
         data_config=data_config,
         out_dir=Path(out_dir),
-        cfg=export_cfg,
+        cfg=settings,
         calibration_paths=[p for p, _ in index.train],
         val_samples=index.val,
         provenance=provenance,
-        headless=headless_copy(classifier)
-        if export_cfg.get("headless") or export_cfg.get("updatable")
-        else None,
+        headless=headless_copy(classifier) if settings.headless or settings.updatable else None,
         head=model.get_submodule(classifier.head_name),
         train_samples=index.train,
     )

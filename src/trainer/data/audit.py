@@ -28,7 +28,6 @@ COLOUR_TOLERANCE = 16  # re-encoding moves a quarter's mean colour by a few leve
 MIN_DETAIL_BITS = 8  # hashes with fewer set (or unset) bits are flat pictures: they all look alike
 EXAMPLES = 5
 MAX_GROUP = 64  # copies compared pairwise; larger groups are compared with their first member
-LARGE_IMBALANCE = 10.0
 
 
 class LeakageError(ValueError):

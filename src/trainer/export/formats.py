@@ -1,8 +1,11 @@
 """The table of export formats: one row per format, read by the export pipeline, its settings,
 trainer-predict, the benchmark and the report.
 
-Each row names the module that implements the format, with the same small interface (`FormatModule`): convert
-the model to its artifacts (verifying each on the val images) and load an artifact as a predictor. The rows
+Each row names the module that implements the format, with the same small interface: `export(job)` writes the
+format's artifacts of `job.model`, verifies each on the val images and lists it in the job (or why not);
+`load(path, manifest)` returns a predictor for one artifact (normalized NCHW float32 in, logits or
+probabilities out) or raises RuntimeUnavailable; a `headless` row also has `export_headless(job, extractor,
+reference)` for the feature extractor ((N, D) output checked against PyTorch's `reference`). The rows
 only hold data, and modules are imported when used, so reading the table costs no heavy import. Adding a
 format means adding one module and one row.
 """
@@ -13,14 +16,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    import numpy as np
-    from torch import nn
-
-    from trainer.export.job import ExportJob
-    from trainer.export.verify import Predict
+from typing import Any
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -28,35 +24,19 @@ class RuntimeUnavailable(RuntimeError):
     error of the artifact."""
 
 
-class FormatModule(Protocol):
-    """What each format module provides."""
-
-    def export(self, job: ExportJob) -> None:
-        """Write the format's artifacts of `job.model`, verify each and list it in the job (or why not)."""
-
-    def load(self, path: Path, manifest: dict[str, Any]) -> Predict:
-        """A predictor for one artifact (normalized NCHW float32 in, logits or probabilities out); raises
-        RuntimeUnavailable when this machine cannot run it."""
-
-
-class HeadlessFormatModule(FormatModule, Protocol):
-    def export_headless(self, job: ExportJob, extractor: nn.Module, reference: np.ndarray) -> None:
-        """Write and verify the feature extractor ((N, D) output) against PyTorch's `reference`."""
-
-
 @dataclass(frozen=True)
 class Format:
     name: str  # the name in export.formats
-    module: str  # the FormatModule that converts and loads it
+    module: str  # the module that converts and loads it (export, load)
     files: dict[str, str]  # artifact file name -> the precisions it comes in
     suffixes: dict[str, str]  # file suffix -> the manifest `format` of such an artifact
-    headless: bool = False  # also exports the feature extractor (HeadlessFormatModule)
+    headless: bool = False  # also exports the feature extractor (export_headless)
     probabilities: bool = False  # its predictor returns probabilities rather than logits
     requires: tuple[str, ...] = ()  # import names of the optional packages it needs
     extra: str | None = None  # the pip extra that installs them
 
     def impl(self) -> Any:
-        """The format's module (a FormatModule, or HeadlessFormatModule when `headless`)."""
+        """The format's module (export and load, and export_headless when `headless`)."""
         return importlib.import_module(self.module)
 
     def missing(self) -> str | None:

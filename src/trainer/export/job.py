@@ -19,9 +19,9 @@ from trainer.data.data_config import DataConfig
 from trainer.export.manifest import artifact_entry, record_errors
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import (
-    SIGNIFICANCE,
     Predict,
     changed_answers,
+    drop_gate,
     evaluate,
     fp32_problems,
     lost_and_gained,
@@ -134,7 +134,9 @@ class ExportJob:
         entry["top1_drop_vs_fp32"] = round(100.0 * (fp32_top1 - own_top1), 3)
         entry.update(lost_and_gained(fp32, outputs, self.labels))
         entry["answers_changed_vs_fp32"] = changed_answers(fp32, outputs, self.labels, self.val_paths)
-        if entry["top1_drop_vs_fp32"] > MAX_INT8_TOP1_DROP and entry["top1_drop_p_value"] < SIGNIFICANCE:
+        drop, p_value = entry["top1_drop_vs_fp32"], entry["top1_drop_p_value"]
+        entry["gate"] = drop_gate("top1_drop_vs_fp32", drop, MAX_INT8_TOP1_DROP, p_value, "warning")
+        if not entry["gate"]["passed"]:
             self.warnings.append(
                 f"{what} loses {entry['top1_drop_vs_fp32']:.2f} points of val top-1 against fp32 "
                 f"(> {MAX_INT8_TOP1_DROP}; sign-test p {entry['top1_drop_p_value']})"

@@ -1,4 +1,4 @@
-"""The export folder swapped in whole, artifact hashing and manifest.json.
+"""The export folder swapped in whole, artifact hashing and manifest.json with its typed artifact entries.
 
 A whole export is built in a hidden folder beside the export folder and swapped in when complete
 (`staged_folder`); inside it every file or folder goes through `trainer.utils.files.atomic_output`, so an
@@ -14,6 +14,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,46 @@ def sha256(path: Path) -> str:
         digest.update(len(name).to_bytes(8, "big") + name + file.stat().st_size.to_bytes(8, "big"))
         hash_file(digest, file)
     return digest.hexdigest()
+
+
+@dataclass
+class ArtifactEntry:
+    """One artifact of manifest.json, one meaning per field: the schema the converters' entries are written
+    through and the model card reads. Figures only one format records (its runtime, weight sizes, Core ML's
+    tie-aware agreement, ...) stay in `figures`, written beside the fields."""
+
+    name: str
+    format: str  # the manifest format of its suffix (formats.py): torchscript, onnx, coreml, litert, ...
+    precision: str
+    kind: str  # classifier, embedding or updatable
+    path: str  # relative to the export folder
+    size_bytes: int
+    sha256: str
+    val_top1: float | None = None  # its own top-1 on the val images
+    top1_agreement: float | None = None  # share of val images where it picks PyTorch's top-1 class
+    latency_ms: float | None = None  # median batch-1 CPU latency (None where its runtime cannot run here)
+    reason: str | None = None  # why a figure is missing
+    top1_drop_vs_pytorch: float | None = None  # points of val top-1 lost against the fp32 PyTorch model
+    top1_images_lost_gained_vs_pytorch: list[int] | None = None  # the images behind that drop
+    top1_drop_p_value_vs_pytorch: float | None = None  # its one-sided sign test
+    top1_drop_vs_fp32: float | None = None  # points lost against the same format's fp32 artifact
+    top1_agreement_vs_fp32: float | None = None  # top-1 agreement with that fp32 artifact
+    top1_images_lost_gained: list[int] | None = None  # the images behind top1_drop_vs_fp32
+    top1_drop_p_value: float | None = None  # its one-sided sign test
+    gate: dict[str, Any] | None = None  # the accuracy gate that ran: rule, value, passed, p_value, on_failure
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> ArtifactEntry:
+        """An entry as the converters build it or manifest.json holds it."""
+        names = {f.name for f in fields(cls)} - {"figures"}
+        figures = {k: v for k, v in entry.items() if k not in names}
+        return cls(**{k: v for k, v in entry.items() if k in names}, figures=figures)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest.json form: every field (null where not measured), then the format's own figures."""
+        typed = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "figures"}
+        return {**typed, **self.figures}
 
 
 def artifact_entry(path: Path, out_dir: Path, *, format: str, precision: str, kind: str) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from trainer.export.handoff.names import CARD_NAME, swift_package, tflite_model,
 from trainer.export.handoff.swift import write_swift
 from trainer.export.handoff.try_page import PAGE_NAME, RUNTIME_FOLDER, write_try_page
 from trainer.export.job import ExportJob
-from trainer.export.manifest import MANIFEST_NAME, staged_folder, write_manifest
+from trainer.export.manifest import MANIFEST_NAME, ArtifactEntry, staged_folder, write_manifest
+from trainer.export.metadata import ArtifactMetadata
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import latency_ms, load_inputs, run_batches, top1, torch_predictor
 
@@ -78,7 +79,7 @@ def _export_into(
     classes: list[str],
     data_config: DataConfig,
     out_dir: Path,
-    cfg: DictConfig | dict,
+    cfg: DictConfig | dict | ExportSettings,
     calibration_paths: list[str],
     val_samples: list[tuple[str, int]],
     provenance: dict,
@@ -97,7 +98,7 @@ def _export_into(
     Returns the manifest. Failed formats are listed in its `errors` (never raised): exit non-zero on them.
     Raises ValueError for an invalid `cfg` before anything is written.
     """
-    settings = ExportSettings.from_config(cfg)
+    settings = cfg if isinstance(cfg, ExportSettings) else ExportSettings.from_config(cfg)
     settings.on_device.check_data(settings.updatable, classes, [label for _, label in train_samples])
     model = copy.deepcopy(model).cpu().eval()
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
@@ -115,13 +116,7 @@ def _export_into(
         labels=np.asarray([samples[i][1] for i in kept], dtype=np.int64),
         reference=run_batches(predict, inputs),
         example=torch.from_numpy(inputs[:1]) if len(inputs) else torch.randn(1, 3, image_size, image_size),
-        model_metadata={
-            "resolution": image_size,
-            "mean": list(mean),
-            "std": list(std),
-            "preprocess": data_config.to_dict(),
-            **provenance,
-        },
+        model_metadata=ArtifactMetadata.build(classes, data_config, provenance, settings).to_dict(),
         read_calibration=lambda: load_inputs(
             _spread(calibration_paths, settings.onnx.calibration_images), data_config
         )[0],
@@ -140,11 +135,11 @@ def _export_into(
             row.impl().export(job)
     if settings.headless:
         _headless(job, headless, [row for row in chosen if row.headless and not row.missing()])
-    updatable_swift = None
+    updatable = False
     if settings.updatable:
         from trainer.export.updatable.export import export_updatable
 
-        updatable_swift = export_updatable(job, headless=headless, head=head, train_samples=train_samples)
+        updatable = export_updatable(job, headless=headless, head=head, train_samples=train_samples)
 
     manifest: dict[str, Any] = {
         "classes": list(classes),
@@ -166,7 +161,7 @@ def _export_into(
             else None
         ),
         "threads": job.threads,
-        "artifacts": job.artifacts,
+        "artifacts": [ArtifactEntry.from_dict(entry).to_dict() for entry in job.artifacts],
         "skipped": job.skipped,
         "warnings": job.warnings,
         "errors": job.errors,
@@ -185,8 +180,11 @@ def _export_into(
             manifest["handoff"].append(write_kotlin(out_dir, tflite, data_config))
         elif "litert" in settings.formats:
             job.skip("Classifier.kt", "no LiteRT classifier was exported")
-        if updatable_swift:
-            manifest["handoff"].append(updatable_swift)
+        if updatable:
+            from trainer.export.handoff.updatable_swift import write_updatable_swift
+
+            swift = write_updatable_swift(out_dir, settings.updatable, image_size, classes)
+            manifest["handoff"].append(swift)
         page, reason = write_try_page(out_dir, manifest)
         if page:
             manifest["handoff"] += [page, RUNTIME_FOLDER]

@@ -9,7 +9,6 @@ developers receive: unset, they default to the git (or OS) user, LICENSE_UNSET a
 from __future__ import annotations
 
 import getpass
-import re
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -22,11 +21,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import trainer
+from trainer.export.converters.coreml.variants import PALETTE_BITS, palette_bits
 from trainer.export.formats import FORMATS, unknown_formats_message
 
 UPDATABLE_KINDS = ("knn", "head")
-PALETTE_BITS = (1, 2, 3, 4, 6, 8)
-_PALETTIZE = re.compile(r"palettize(\d+)")
 LICENSE_UNSET = "unspecified (set export.license)"
 
 
@@ -57,12 +55,6 @@ def _or_default(value: Any, default: Callable[[], str]) -> str:
     """`value` as a string, or default() when it is null or blank."""
     text = "" if value is None else str(value).strip()
     return text or default()
-
-
-def palette_bits(variant: str) -> int | None:
-    """N for a `palettizeN` variant name, None for any other name."""
-    match = _PALETTIZE.fullmatch(variant)
-    return int(match.group(1)) if match else None
 
 
 @dataclass

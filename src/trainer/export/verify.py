@@ -30,7 +30,13 @@ FP32_RELATIVE_TOLERANCE = 1e-3  # ... and stay within this fraction of the large
 # A quantized copy's top-1 drop over its limit counts where the sign test's p-value is below this.
 SIGNIFICANCE = 0.05
 MAX_CHANGED_LISTED = 200  # images whose answer a quantized copy changed, listed in the manifest
-OWN_FIGURES = ("val_top1", "top1_agreement", "top1_agreement_vs_fp32", "top1_drop_vs_fp32")
+OWN_FIGURES = (
+    "val_top1",
+    "top1_agreement",
+    "top1_agreement_vs_fp32",
+    "top1_drop_vs_fp32",
+    "top1_drop_vs_pytorch",
+)
 
 
 def load_inputs(paths: Sequence[str], data_config: DataConfig) -> tuple[np.ndarray, list[int], list[str]]:
@@ -113,6 +119,18 @@ def changed_answers(
          "fp32": int(reference[i].argmax()), "this": int(outputs[i].argmax())}
         for i in changed
     ]  # fmt: skip
+
+
+def drop_gate(
+    metric: str, drop: float, limit: float, p_value: float | None, on_failure: str
+) -> dict[str, Any]:
+    """The gate on a top-1 drop of `metric` points: passed within `limit`, or with the sign test's `p_value`
+    where the drop is chance (p >= SIGNIFICANCE). `on_failure` says what a failure is: error or warning."""
+    check = {"rule": f"{metric} <= {limit}", "value": drop, "passed": drop <= limit}
+    if p_value is not None:
+        check["rule"] += f" or sign-test p >= {SIGNIFICANCE}"
+        check.update(p_value=p_value, passed=check["passed"] or p_value >= SIGNIFICANCE)
+    return {**check, "on_failure": on_failure}
 
 
 def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:

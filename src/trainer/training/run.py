@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,10 @@ from trainer.console.summary import run_summary
 from trainer.data.audit import audit_dataset
 from trainer.data.data_config import DataConfig
 from trainer.data.datamodule import ImageDataModule
-from trainer.data.index import build_index
+from trainer.data.index import DatasetIndex, build_index
 from trainer.data.scan import drop_bad_images
 from trainer.export.manifest import MANIFEST_NAME, failure_message
-from trainer.export.settings import ExportSettings
-from trainer.models import build_classifier, count_macs, count_params
+from trainer.models import Classifier, build_classifier, count_macs, count_params
 from trainer.record import CheckpointError, export_trained, read_checkpoint
 from trainer.reports.run_report.page import write_run_report
 from trainer.reports.run_report.val_outputs import apply_confidence, val_outputs
@@ -91,6 +91,32 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     ]
 
 
+@dataclass
+class RunParts:
+    """What a run trains, built from its config as train.py builds it."""
+
+    index: DatasetIndex
+    classifier: Classifier
+    data_config: DataConfig  # the eval preprocessing every input and the export follow
+    datamodule: ImageDataModule
+    record: dict[str, Any]  # what the checkpoint keeps (run_record)
+    module: ClassifierModule
+    memory_format: torch.memory_format
+
+
+def build_run(cfg: DictConfig, index: DatasetIndex | None = None) -> RunParts:
+    """The run's objects from `cfg` (the dataset's `index` when already built and checked): used by
+    training, scripts/benchmark_throughput.py and the tests, so they all train what train.py trains."""
+    index = build_index(cfg.dataset) if index is None else index
+    classifier = build_classifier(cfg.model, index.num_classes)
+    data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
+    datamodule = ImageDataModule.from_config(index, data_config, cfg)
+    record = run_record(cfg, index.classes, data_config)
+    memory_format = resolve_memory_format(cfg.get("memory_format"), cfg.trainer)
+    module = ClassifierModule(**record, classifier=classifier, memory_format=memory_format)
+    return RunParts(index, classifier, data_config, datamodule, record, module, memory_format)
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: Path | str, **overrides: Any
 ) -> tuple[L.Trainer, ThroughputMeter | None, ModelCheckpoint]:
@@ -124,7 +150,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job described by `cfg`; returns (and writes) the run's metrics."""
     if rank_zero_only.rank != 0:  # DDP: the other processes repeat rank 0's lines; keep only their errors
         logging.getLogger("trainer").setLevel(logging.ERROR)
-    resumed = check_train_settings(cfg)
+    resumed, settings = check_train_settings(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -147,17 +173,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         len(index.train),
         len(index.val),
     )
-    if cfg.export.enabled:  # a bad export setting fails now, not after training
-        settings = ExportSettings.from_config(cfg.export)
+    if settings is not None:  # a bad export setting fails now, not after training
         settings.on_device.check_data(settings.updatable, index.classes, [label for _, label in index.train])
-    classifier = build_classifier(cfg.model, index.num_classes)
-    data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
-    image_size = data_config.size
-    log.info("Eval preprocessing: %s", data_config.describe())
-    datamodule = ImageDataModule.from_config(index, data_config, cfg)
-    record = run_record(cfg, index.classes, data_config)
-    memory_format = resolve_memory_format(cfg.get("memory_format"), cfg.trainer)
-    module = ClassifierModule(**record, classifier=classifier, memory_format=memory_format)
+    run = build_run(cfg, index)
+    classifier, datamodule, record, module = run.classifier, run.datamodule, run.record, run.module
+    image_size, memory_format = run.data_config.size, run.memory_format
+    log.info("Eval preprocessing: %s", run.data_config.describe())
 
     trainer, throughput, checkpoints = build_trainer(cfg, run_dir)
     started = time.perf_counter()
@@ -204,13 +225,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "per_class_accuracy": evaluation["per_class_accuracy"],
         "config_hash": config_hash(cfg),
     }
-    outputs = val_outputs(model, index.val, data_config)
+    outputs = val_outputs(model, index.val, run.data_config)
     metrics.update(apply_confidence(model, classifier.head_name, outputs, image_size, run_dir))
     write_json(run_dir / "metrics.json", metrics)
     log.info("Trained: val top-1 %.4f (%s)", metrics["val_top1"], run_dir / "metrics.json")
     manifest = None
-    if cfg.export.enabled:
-        manifest = export_trained(classifier, record, cfg.export, run_dir / "export", index, metrics)
+    if settings is not None:
+        manifest = export_trained(classifier, record, settings, run_dir / "export", index, metrics)
         log.info("Exported %d artifacts to %s", len(manifest["artifacts"]), run_dir / "export")
         metrics.update(export_summary(manifest, metrics, cfg.dataset.get("mai_score", False)))
         write_json(run_dir / "metrics.json", metrics)

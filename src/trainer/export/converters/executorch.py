@@ -8,6 +8,7 @@ The `executorch` row of the format table (formats.py). Input: float32 NCHW (1, 3
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from trainer.export.job import ExportJob
+from trainer.export.metadata import METADATA_NAME, as_json
 from trainer.export.verify import Predict
 from trainer.utils.files import atomic_output
 from trainer.utils.native_output import native_output_to_log
@@ -34,7 +36,7 @@ def export(job: ExportJob) -> None:
     example = (job.example[:1],)
     fp32_outputs = None
     with job.guard("executorch_fp32"):
-        _write(path, _lower(torch.export.export(job.model, example)))
+        _write(path, _lower(torch.export.export(job.model, example), job.model_metadata))
         entry = job.add(path, format="executorch", precision="fp32", delegate="XNNPACK", input=INPUT)
         fp32_outputs = job.verify(entry, executorch_predictor(path, job.threads), job.reference, fp32=True)
     made = fp32_outputs is not None
@@ -43,7 +45,7 @@ def export(job: ExportJob) -> None:
     with job.guard("executorch_int8"):
         path = job.out_dir / FILES["int8"]
         quantized = _quantize(job.model, example, job.calibration)
-        _write(path, _lower(torch.export.export(quantized, example)))
+        _write(path, _lower(torch.export.export(quantized, example), job.model_metadata))
         entry = job.add(
             path,
             format="executorch",
@@ -98,13 +100,26 @@ def _quantize(model: nn.Module, example: tuple[torch.Tensor], calibration: np.nd
     return convert_pt2e(prepared)
 
 
-def _lower(program: torch.export.ExportedProgram) -> bytes:
-    """The .pte bytes of an exported program, with every supported subgraph delegated to XNNPACK."""
+def _lower(program: torch.export.ExportedProgram, metadata: dict[str, Any]) -> bytes:
+    """The .pte bytes of an exported program, with every supported subgraph delegated to XNNPACK and the
+    metadata as JSON returned by the method METADATA_NAME."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     with native_output_to_log("the ExecuTorch lowering"):
-        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+        edge = to_edge_transform_and_lower(
+            program, partitioner=[XnnpackPartitioner()], constant_methods={METADATA_NAME: as_json(metadata)}
+        )
+        return edge.to_executorch().buffer
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The metadata a .pte carries, read by ExecuTorch's own runtime."""
+    with native_output_to_log("the ExecuTorch runtime"):
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(str(path)).load_method(METADATA_NAME)
+    return json.loads(method.execute([])[0])
 
 
 def _write(path: Path, program: bytes) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from trainer.data.data_config import DataConfig
 from trainer.export.job import ExportJob
+from trainer.export.metadata import as_strings
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import Predict
 from trainer.utils.files import TMP_PREFIX, atomic_output
@@ -195,7 +196,7 @@ def onnx_predictor(path: Path, threads: int) -> Predict:
 def export(job: ExportJob) -> None:
     """model.onnx (must match PyTorch) and, with onnx.int8, model_int8.onnx compared with it."""
     path = job.out_dir / FP32_NAME
-    metadata = onnx_metadata(job.classes, job.data_config, job.settings)
+    metadata = {**onnx_metadata(job.classes, job.data_config, job.settings), **as_strings(job.model_metadata)}
     fp32_outputs = None
     with job.guard("onnx_fp32"):
         info = export_onnx(job.model, job.example, path, opset=job.settings.onnx.opset, metadata=metadata)

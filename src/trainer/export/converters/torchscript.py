@@ -5,16 +5,16 @@ The `torchscript` row of the format table (formats.py); both files take normaliz
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from trainer.export.converters.tracing import jit_without_deprecation, trace
 from trainer.export.job import ExportJob
+from trainer.export.metadata import METADATA_NAME, as_json
 from trainer.export.verify import Predict, torch_predictor
 from trainer.utils.files import atomic_output
 
@@ -22,27 +22,25 @@ FP32_NAME = "model_torchscript.pt"
 LITE_NAME = "model_mobile.ptl"
 
 
-@contextmanager
-def _jit_without_deprecation() -> Iterator[None]:
-    """Silence torch's FutureWarning that torch.jit is deprecated: TorchScript is still the input coremltools
-    and PyTorch Mobile take, and the artifact apps and trainer-predict load."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\..* deprecated", category=FutureWarning)
-        yield
-
-
-def trace(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """Trace `module` in eval mode without autograd."""
-    module.eval()
-    with torch.no_grad(), _jit_without_deprecation():
-        return torch.jit.trace(module, example)
-
-
-def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Write the traced model to `path`."""
+def export_torchscript(
+    model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any] | None = None
+) -> None:
+    """Write the traced model to `path`, with `metadata` as its extra file METADATA_NAME."""
     traced = trace(model, example)
-    with atomic_output(path) as tmp, _jit_without_deprecation():
-        torch.jit.save(traced, str(tmp))
+    with atomic_output(path) as tmp, jit_without_deprecation():
+        torch.jit.save(traced, str(tmp), _extra_files=_extra_files(metadata))
+
+
+def _extra_files(metadata: dict[str, Any] | None) -> dict[str, str]:
+    return {} if metadata is None else {METADATA_NAME: as_json(metadata)}
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The metadata a .pt file carries, read by TorchScript's own loader."""
+    extra = {METADATA_NAME: ""}
+    with jit_without_deprecation():
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[METADATA_NAME])
 
 
 def lite_unavailable_reason() -> str | None:
@@ -52,18 +50,18 @@ def lite_unavailable_reason() -> str | None:
     return None
 
 
-def export_lite(torchscript_path: Path, path: Path) -> None:
-    """Write the mobile-optimized lite-interpreter version of a saved TorchScript model."""
+def export_lite(torchscript_path: Path, path: Path, metadata: dict[str, Any] | None = None) -> None:
+    """Write the mobile-optimized lite-interpreter version of a saved TorchScript model, with `metadata`."""
     from torch.utils.mobile_optimizer import optimize_for_mobile
 
     optimized = optimize_for_mobile(load_torchscript(torchscript_path))
     with atomic_output(path) as tmp:
-        optimized._save_for_lite_interpreter(str(tmp))
+        optimized._save_for_lite_interpreter(str(tmp), _extra_files=_extra_files(metadata))
 
 
 def load_torchscript(path: Path) -> torch.jit.ScriptModule:
     """Load a saved TorchScript model on CPU in eval mode."""
-    with _jit_without_deprecation():
+    with jit_without_deprecation():
         return torch.jit.load(str(path), map_location="cpu").eval()
 
 
@@ -78,7 +76,7 @@ def export(job: ExportJob) -> None:
     """model_torchscript.pt, and model_mobile.ptl with torchscript.lite; both must match PyTorch."""
     path = job.out_dir / FP32_NAME
     with job.guard("torchscript"):
-        export_torchscript(job.model, job.example, path)
+        export_torchscript(job.model, job.example, path, job.model_metadata)
         entry = job.add(path, format="torchscript", precision="fp32")
         job.verify(entry, torch_predictor(load_torchscript(path)), job.reference, fp32=True)
     if not job.settings.torchscript.lite:
@@ -89,7 +87,7 @@ def export(job: ExportJob) -> None:
         return
     with job.guard("torchscript_lite"):
         lite = job.out_dir / LITE_NAME
-        export_lite(path, lite)
+        export_lite(path, lite, job.model_metadata)
         entry = job.add(lite, format="torchscript_lite", precision="fp32")
         job.verify(entry, torch_predictor(load_lite(lite)), job.reference, fp32=True)
 

@@ -18,7 +18,7 @@ from trainer.export.handoff.names import (
     tflite_model,
 )
 from trainer.export.handoff.not_sure import not_sure_section
-from trainer.export.job import MAX_INT8_TOP1_DROP
+from trainer.export.manifest import ArtifactEntry
 from trainer.utils.files import write_text
 
 
@@ -93,22 +93,31 @@ def _trained(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _coreml_checks(artifacts: list[dict[str, Any]], images: int) -> list[str]:
+def _gate_text(check: dict[str, Any] | None) -> str:
+    """The verdict of the gate that ran on an artifact, as every section of the card states it."""
+    if check is None:
+        return "no gate"
+    if check["passed"]:
+        return f"gate {check['rule']}: passed"
+    p_value = f", sign-test p {check['p_value']}" if "p_value" in check else ""
+    warning = ", a warning" if check.get("on_failure") == "warning" else ""
+    return f"gate {check['rule']}: FAILED (measured {check['value']}{p_value}{warning})"
+
+
+def _coreml_checks(artifacts: list[ArtifactEntry], images: int) -> list[str]:
     """One line per measured Core ML classifier: its figures, drop against fp32 PyTorch, and gate."""
     measured = [
-        a for a in artifacts if a["format"] == "coreml" and a["kind"] == "classifier" and a.get("runtime")
+        a for a in artifacts if a.format == "coreml" and a.kind == "classifier" and a.figures.get("runtime")
     ]
     if not measured:
         return []
-    lines = ["", f"Core ML packages measured with the {measured[0]['runtime']}:", ""]
+    lines = ["", f"Core ML packages measured with the {measured[0].figures['runtime']}:", ""]
     for a in measured:
-        check = a.get("gate")
-        verdict = f"gate {check['rule']}: {'passed' if check['passed'] else 'FAILED'}" if check else "no gate"
-        drop = a.get("top1_drop_vs_fp32")
+        drop = a.top1_drop_vs_pytorch
         lines.append(
-            f"- `{a['path']}`: val top-1 {accuracy_text(a.get('val_top1'), images)}, "
-            f"agreement {_pct(a.get('top1_agreement'))}, "
-            f"drop vs fp32 PyTorch {'n/a' if drop is None else f'{drop:+.2f} pt'}; {verdict}"
+            f"- `{a.path}`: val top-1 {accuracy_text(a.val_top1, images)}, "
+            f"agreement {_pct(a.top1_agreement)}, "
+            f"drop vs fp32 PyTorch {'n/a' if drop is None else f'{drop:+.2f} pt'}; {_gate_text(a.gate)}"
         )
     return lines
 
@@ -154,7 +163,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         *_artifact_rows(manifest),
         "",
         *[f"n/a: {r}." for r in reasons],
-        *_coreml_checks(manifest["artifacts"], manifest["val_images"]),
+        *_coreml_checks([ArtifactEntry.from_dict(a) for a in manifest["artifacts"]], manifest["val_images"]),
     ]
     if manifest["skipped"]:
         lines += ["", "Not produced:", "", *[f"- {s['name']}: {s['reason']}" for s in manifest["skipped"]]]
@@ -192,20 +201,21 @@ def model_card(manifest: dict[str, Any]) -> str:
 
 
 def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
-    """How each quantized copy fared against its own fp32 model on the val images (gate: 1 point)."""
-    rows = [a for a in manifest["artifacts"] if a.get("top1_drop_vs_fp32") is not None]
-    if not rows:
-        return []
-    lines = ["## Quantization on these images", ""]
-    for a in rows:
-        drop = a["top1_drop_vs_fp32"]
-        verdict = "within" if drop <= MAX_INT8_TOP1_DROP else "**over**"
-        agreement = _pct(a.get("top1_agreement_vs_fp32"))
+    """How each smaller copy fared on the val images: its top-1 drop against its own format's fp32 artifact
+    (Core ML: against fp32 PyTorch), and the verdict of the gate that ran on it."""
+    lines = []
+    for a in map(ArtifactEntry.from_dict, manifest["artifacts"]):
+        if a.top1_drop_vs_fp32 is not None:
+            drop, against, agreement = a.top1_drop_vs_fp32, "its fp32 artifact", a.top1_agreement_vs_fp32
+        elif a.top1_drop_vs_pytorch is not None and a.precision != "fp32":
+            drop, against, agreement = a.top1_drop_vs_pytorch, "fp32 PyTorch", a.top1_agreement
+        else:
+            continue
         lines.append(
-            f"- `{a['path']}`: {drop:+.1f} points of val top-1 lost against fp32 ({verdict} the "
-            f"{MAX_INT8_TOP1_DROP:g}-point gate), top-1 agreement with fp32 {agreement}."
+            f"- `{a.path}`: {drop:+.1f} points of val top-1 lost against {against}, top-1 agreement with it "
+            f"{_pct(agreement)}; {_gate_text(a.gate)}."
         )
-    return [*lines, ""]
+    return ["## Quantization on these images", "", *lines, ""] if lines else []
 
 
 def _updatable_section(manifest: dict[str, Any]) -> list[str]:

@@ -1,6 +1,6 @@
 """What app developers receive beside the models, and how they are named: labels.txt, the model card
-(README.md, model_card.py), Classifier.swift (Core ML through Vision, swift_code.py), Classifier.kt (LiteRT on
-Android, kotlin_code.py) and UpdatableClassifier.swift (updatable_swift.py)."""
+(README.md, model_card.py), Classifier.swift (Core ML through Vision, swift.py), Classifier.kt (LiteRT on
+Android, kotlin.py) and UpdatableClassifier.swift (updatable_swift.py)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """UpdatableClassifier.swift: load the updatable model, train it on labelled photos, save it, reload it.
 
-Generated from the same constants that name the model's inputs and update parameters (updatable.py), so the
-Swift code and the spec cannot drift apart; tests parse the file back and compare.
+Generated from the same constants that name the model's inputs and update parameters (updatable/model.py),
+so the Swift code and the spec cannot drift apart; tests parse the file back and compare.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from trainer.export.converters.coreml.convert import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT
@@ -154,6 +155,9 @@ final class UpdatableClassifier {{
 """
 
 
-def write_updatable_swift(out_dir: Path, kind: str, image_size: int, example_labels: tuple[str, str]) -> str:
-    write_text(out_dir / SWIFT_NAME, swift_updatable(kind, image_size, example_labels))
+def write_updatable_swift(out_dir: Path, kind: str, image_size: int, classes: Sequence[str]) -> str:
+    """UpdatableClassifier.swift, whose example teaches a known class and a label the model has never seen
+    (k-NN learns any label) or the last class (the head updates only the classes it has)."""
+    examples = (classes[0], "a label the model has never seen" if kind == "knn" else classes[-1])
+    write_text(out_dir / SWIFT_NAME, swift_updatable(kind, image_size, examples))
     return SWIFT_NAME

@@ -1,9 +1,10 @@
 """Export step for UpdatableClassifier.mlmodel: build it, check its spec, and measure it as the phone would.
 
 On Linux Core ML cannot run it, so the feature extractor's layers are evaluated from the saved spec
-(nn_executor) and compared with the headless PyTorch model; its embeddings then feed the k-NN rule or the
-head (with the parameters read back from the spec) for val top-1 before any update and for the
-personalization experiment (hold one class out, learn it from a few examples, see what the others lose).
+(converters/coreml/neuralnetwork_executor.py) and compared with the headless PyTorch model; its embeddings
+then feed the k-NN rule or the head (with the parameters read back from the spec) for val top-1 before any
+update and for the personalization experiment (hold one class out, learn it from a few examples, see what
+the others lose).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from torch import nn
 from trainer.data.data_config import DataConfig
 from trainer.export.converters.coreml import neuralnetwork_executor as nn_executor
 from trainer.export.converters.coreml.convert import INPUT_NAME, ImageNormalization
-from trainer.export.converters.coreml.export import NOT_MACOS_REASON
+from trainer.export.converters.coreml.target import NOT_MACOS_REASON
+from trainer.export.pixels import PixelNormalization
 from trainer.export.updatable import model as updatable
 from trainer.export.updatable import personalize
 from trainer.export.updatable import spec as updatable_spec
@@ -68,10 +70,10 @@ def linear_head(head: nn.Module) -> tuple[np.ndarray, np.ndarray]:
 def extractor_predictor(extractor: Any, mean: Sequence[float], std: Sequence[float]) -> Predict:
     """Embeddings the spec computes for normalized (N, 3, S, S) inputs, fed as an app's raw pixels."""
     network = extractor.neuralNetwork
-    mean4, std4 = np.asarray(mean).reshape(1, 3, 1, 1), np.asarray(std).reshape(1, 3, 1, 1)
+    norm = PixelNormalization.of(mean, std)
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        pixels = ((batch * std4 + mean4) * 255.0).astype(np.float32)
+        pixels = norm.pixels(batch).astype(np.float32)
         image = nn_executor.preprocess(network, INPUT_NAME, pixels)
         out = nn_executor.run_network(network, {INPUT_NAME: image})[updatable.EMBEDDING_OUTPUT]
         return out.reshape(len(batch), -1)
@@ -113,10 +115,9 @@ def export_updatable(
     headless: nn.Module | None,
     head: nn.Module | None,
     train_samples: Sequence[tuple[str, int]],
-) -> str | None:
-    """Write UpdatableClassifier.mlmodel and .swift, list and measure them; returns the Swift file's name."""
-    from trainer.export.handoff.updatable_swift import write_updatable_swift
-
+) -> bool:
+    """Write UpdatableClassifier.mlmodel, list and measure it; True when it was written (the pipeline then
+    writes its Swift code with the other hand-off files)."""
     kind, opts = job.settings.updatable, job.settings.on_device
     classes, data_config = job.classes, job.data_config
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
@@ -124,7 +125,7 @@ def export_updatable(
         job.fail(
             "updatable", [f"export.updatable={kind} needs the model's feature extractor and head modules"]
         )
-        return None
+        return False
     path = job.out_dir / updatable.MODEL_NAME
     with job.guard(f"updatable_{kind}"):
         norm = ImageNormalization.from_stats(mean, std)
@@ -167,10 +168,7 @@ def export_updatable(
         )
         if len(job.inputs):
             _measure(job, entry, saved, headless, embed, job.reference, classes, set(seeds))
-    if not path.exists():
-        return None
-    examples = (classes[0], "a label the model has never seen" if kind == "knn" else classes[-1])
-    return write_updatable_swift(job.out_dir, kind, image_size, examples)
+    return path.exists()
 
 
 def _measure(

@@ -41,13 +41,11 @@ from trainer.export.converters.coreml.convert import (
     ImageNormalization,
     image_input,
 )
-from trainer.export.converters.torchscript import trace
+from trainer.export.converters.tracing import trace
 from trainer.export.settings import ExportSettings
 from trainer.utils.files import atomic_output
 
 MODEL_NAME = "UpdatableClassifier.mlmodel"
-KINDS = ("knn", "head")
-TRAINING_INPUTS = (INPUT_NAME, LABEL_OUTPUT)  # MLUpdateTask's feature names: the photo and its label
 LOGITS = "logits"
 LOSS_LAYER = "loss"
 HEAD_LAYER = "head"
@@ -103,10 +101,6 @@ def convert_extractor(
     del output.shape[:]
     output.shape.append(dim)
     return spec
-
-
-def embedding_dim(extractor: Any) -> int:
-    return int(extractor.description.output[0].type.multiArrayType.shape[0])
 
 
 def _rename_probabilities(spec: Any) -> None:

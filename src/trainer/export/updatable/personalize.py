@@ -1,7 +1,7 @@
 """What MLUpdateTask does on the phone, in numpy: the k-NN rule and the head's SGD step.
 
-Both take embeddings computed by the exported feature extractor (see nn_executor) and the parameters read
-back from the saved .mlmodel, so the figures are those of the artifact the app ships.
+Both take embeddings computed by the exported feature extractor (see neuralnetwork_executor) and the
+parameters read back from the saved .mlmodel, so the figures are those of the artifact the app ships.
 
 Core ML semantics reproduced here (from Core ML's model specification):
 - k-NN: squared Euclidean distance over the whole index, the k nearest vote with equal weight; an update

@@ -24,13 +24,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainer.export.converters.coreml.gates import (
-    WEIGHT_THRESHOLD,
-)
 from trainer.export.converters.coreml.target import deployment_target
-from trainer.export.converters.torchscript import trace
+from trainer.export.converters.coreml.variants import WEIGHT_THRESHOLD, palette_bits
+from trainer.export.converters.tracing import trace
 from trainer.export.manifest import size_bytes
-from trainer.export.settings import ExportSettings, palette_bits
+from trainer.export.pixels import PixelNormalization
+from trainer.export.settings import ExportSettings
 from trainer.utils.files import atomic_output
 
 INPUT_NAME = "image"
@@ -64,7 +63,7 @@ class ImageNormalization:
     def from_stats(cls, mean: Sequence[float], std: Sequence[float]) -> ImageNormalization:
         mean64, std64 = np.asarray(mean, np.float64), np.asarray(std, np.float64)
         shared = float(std64.mean())
-        bias = tuple(float(b) for b in -mean64 / std64)
+        bias = tuple(float(b) for b in PixelNormalization.of(mean, std).shift)
         if np.all(std64 == std64[0]):
             return cls(1.0 / (255.0 * shared), bias, None, None)
         gain = shared / std64

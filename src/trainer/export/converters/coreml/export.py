@@ -29,7 +29,6 @@ from trainer.export.converters.coreml.convert import (
 )
 from trainer.export.converters.coreml.gates import (
     RUNTIME,
-    compressed_bits,
     gate,
     gate_problem,
     measure,
@@ -38,12 +37,12 @@ from trainer.export.converters.coreml.gates import (
     weight_ratio_problems,
 )
 from trainer.export.converters.coreml.spec import check_spec
-from trainer.export.converters.coreml.target import w8a8_skip_reason
+from trainer.export.converters.coreml.target import NOT_MACOS_REASON, w8a8_skip_reason
+from trainer.export.converters.coreml.variants import compressed_bits
 from trainer.export.formats import RuntimeUnavailable
 from trainer.export.job import ExportJob
 from trainer.export.verify import Predict, evaluate, fp32_problems, measured_metadata, softmax, top1
 
-NOT_MACOS_REASON = f"Core ML runs models only on macOS (MLModel.predict); this is {sys.platform}"
 CLASSIFIER_STEM = "ImageClassifier"
 HEADLESS_STEM = "FeatureExtractor"
 

@@ -24,26 +24,22 @@ import numpy as np
 
 from trainer.export.converters.coreml.executor import CoreMLExecutor
 from trainer.export.converters.coreml.executor.program import load_program
-from trainer.export.settings import palette_bits
-from trainer.export.verify import SIGNIFICANCE, Predict, compare, lost_and_gained, run_batches
+from trainer.export.converters.coreml.variants import WEIGHT_THRESHOLD, compressed_bits
+from trainer.export.pixels import PixelNormalization
+from trainer.export.verify import Predict, compare, drop_gate, lost_and_gained, run_batches
 
 RUNTIME = "reference executor (torch ops, Core ML fp16 rounding)"
 MIN_FP16_AGREEMENT = 0.995
 FP16_TIE = 0.02  # probability gap under which PyTorch's top-1 and the fp16 choice are a tie
 MAX_TOP1_DROP = {"int8": 0.5, "w8a8": 0.5, "palettize8": 1.0, "palettize6": 1.0}  # points vs fp32 PyTorch
-WEIGHT_THRESHOLD = 2048  # coremltools.optimize's default weight_threshold: smaller weights stay in fp16
 # scales, zero points, look-up tables and blob headers on top of the compressed weights: a fixed cost per
 # tensor, so largest for small models (measured 0.020 for MobileNetV2 alpha 0.35 int8 at 224 px)
 RATIO_MARGIN = 0.03
 
 
 def pixel_arrays(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo the normalization of preprocessed (N, 3, S, S) inputs: the raw uint8 RGB pixels an app passes.
-
-    Exact for inputs made from 8-bit images by ToTensor + Normalize (the round trip lands on the integers).
-    """
-    pixels = (inputs * np.asarray(std).reshape(1, 3, 1, 1) + np.asarray(mean).reshape(1, 3, 1, 1)) * 255.0
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    """Undo the normalization of preprocessed (N, 3, S, S) inputs: the raw uint8 RGB pixels an app passes."""
+    return PixelNormalization.of(mean, std).uint8_pixels(inputs)
 
 
 def reference_predictor(
@@ -84,9 +80,9 @@ def measure(
         rows = np.arange(len(reference))
         gap = reference[rows, reference.argmax(1)] - reference[rows, outputs.argmax(1)]
         stats["top1_agreement_beyond_ties"] = float((gap <= FP16_TIE).mean())
-        stats.update(lost_and_gained(reference, outputs, labels))
+        stats.update({f"{k}_vs_pytorch": v for k, v in lost_and_gained(reference, outputs, labels).items()})
     if stats.get("val_top1") is not None and pytorch_top1 is not None:
-        stats["top1_drop_vs_fp32"] = round(100.0 * (pytorch_top1 - stats["val_top1"]), 3)
+        stats["top1_drop_vs_pytorch"] = round(100.0 * (pytorch_top1 - stats["val_top1"]), 3)
     stats["runtime"] = RUNTIME
     stats["executor_ms_per_image"] = round(1000.0 * elapsed / len(inputs), 3) if len(inputs) else None
     return outputs, stats
@@ -94,22 +90,18 @@ def measure(
 
 def gate(variant: str, stats: dict[str, Any]) -> dict[str, Any] | None:
     """The variant's accuracy gate with the measured value (None: no gate, or nothing measured)."""
-    if variant == "fp16":
-        metric, relation, limit = "top1_agreement_beyond_ties", ">=", MIN_FP16_AGREEMENT
-    elif variant in MAX_TOP1_DROP:
-        metric, relation, limit = "top1_drop_vs_fp32", "<=", MAX_TOP1_DROP[variant]
-    else:
-        return None
-    value = stats.get(metric)
+    if variant in MAX_TOP1_DROP:  # a drop against fp32 PyTorch fails only where it is not chance
+        drop = stats.get("top1_drop_vs_pytorch")
+        p_value = stats.get("top1_drop_p_value_vs_pytorch")
+        if drop is None:
+            return None
+        return drop_gate("top1_drop_vs_pytorch", drop, MAX_TOP1_DROP[variant], p_value, "error")
+    metric = "top1_agreement_beyond_ties"
+    value = stats.get(metric) if variant == "fp16" else None
     if value is None:
         return None
-    passed = value >= limit if relation == ">=" else value <= limit
-    check = {"rule": f"{metric} {relation} {limit}", "value": value, "passed": passed}
-    if relation == "<=" and "top1_drop_p_value" in stats:  # a drop fails only where it is not chance
-        p_value = stats["top1_drop_p_value"]
-        check["rule"] += f" or sign-test p >= {SIGNIFICANCE}"
-        check.update(p_value=p_value, passed=passed or p_value >= SIGNIFICANCE)
-    return check
+    limit = MIN_FP16_AGREEMENT
+    return {"rule": f"{metric} >= {limit}", "value": value, "passed": value >= limit, "on_failure": "error"}
 
 
 def gate_problem(name: str, check: dict[str, Any] | None) -> list[str]:
@@ -118,11 +110,6 @@ def gate_problem(name: str, check: dict[str, Any] | None) -> list[str]:
         return []
     p_value = f" (p {check['p_value']})" if "p_value" in check else ""
     return [f"{name}: failed check {check['rule']}: measured {check['value']}{p_value}"]
-
-
-def compressed_bits(variant: str) -> int | None:
-    """Bits per compressed weight of a variant (None: not a weight-compression variant)."""
-    return 8 if variant in ("int8", "w8a8") else palette_bits(variant)
 
 
 def weight_ratio_problems(package: Path, variant: str, ratio: float) -> tuple[float, list[str]]:

@@ -1,4 +1,5 @@
-"""The Core ML deployment target named in `export.coreml.minimum_deployment_target`, and what it allows.
+"""The Core ML deployment target named in `export.coreml.minimum_deployment_target`, what it allows, and
+where Core ML runs at all.
 
 Kept apart from the converter so that the export settings can check the name without importing anything of
 the export but coremltools."""
@@ -8,6 +9,8 @@ from __future__ import annotations
 import sys
 
 import coremltools as ct
+
+NOT_MACOS_REASON = f"Core ML runs models only on macOS (MLModel.predict); this is {sys.platform}"
 
 
 def deployment_target(name: str) -> ct.target:

@@ -7,7 +7,7 @@ model, as in Core ML. Output: (1, classes) logits. fp16 stores the weights as fl
 the CPU, used as is by the GPU delegate); int8 is full-integer post-training quantization (int8 weights per
 channel and activations, min/max calibrated on training images) with QUANTIZE / DEQUANTIZE ops added at the
 ends, so its input and output stay float32 and the app code is the same for all three. The classes, mean/std
-and the input layout are stored in the model's metadata (entry `trainer`, JSON: litert_flatbuffer.py).
+and the input layout are stored in the model's metadata (entry `trainer`, JSON: flatbuffer.py).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import nn
 from trainer.export.converters.litert.flatbuffer import float_io, signature, with_metadata
 from trainer.export.job import ExportJob
 from trainer.export.manifest import sha256, size_bytes
+from trainer.export.pixels import PixelNormalization
 from trainer.export.verify import Predict, measured_metadata
 from trainer.utils.files import atomic_output
 from trainer.utils.native_output import native_output_to_log
@@ -45,9 +46,9 @@ class PixelsNHWC(nn.Module):
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.model = model
-        std64, mean64 = np.asarray(std, np.float64), np.asarray(mean, np.float64)
-        self.register_buffer("scale", _channels(1.0 / (255.0 * std64)))
-        self.register_buffer("shift", _channels(-mean64 / std64))
+        norm = PixelNormalization.of(mean, std)
+        self.register_buffer("scale", _channels(norm.scale))
+        self.register_buffer("shift", _channels(norm.shift))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixels.permute(0, 3, 1, 2) * self.scale + self.shift)
@@ -60,7 +61,7 @@ def _channels(values: np.ndarray) -> torch.Tensor:
 def to_pixels(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Normalized NCHW inputs back to the NHWC 0-255 float pixels the app passes (not rounded: the fp32
     comparison must see the same image PyTorch saw)."""
-    pixels = (inputs * np.reshape(std, (1, 3, 1, 1)) + np.reshape(mean, (1, 3, 1, 1))) * 255.0
+    pixels = PixelNormalization.of(mean, std).pixels(inputs)
     return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1), dtype=np.float32)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-METADATA_NAME = "trainer"
+from trainer.export.metadata import METADATA_NAME
 
 
 def signature(model_bytes: bytes) -> dict[str, tuple[str, str]]:
