@@ -35,9 +35,7 @@ def _page_config(manifest: dict[str, Any]) -> dict[str, Any]:
         "temperature": meta.get("temperature", 1.0),
         "temperature_in_model": bool(meta.get("temperature_in_model", True)),
         "threshold": round(t95, 3) if t95 is not None else 0.5,
-        "threshold_note": "95% precision on val"
-        if t95 is not None
-        else "no threshold reaches 95% precision on val",
+        "threshold_note": "95% precision on val" if t95 is not None else "none reaches 95% precision on val",
         "runtime": RUNTIME_FOLDER,
     }
 
