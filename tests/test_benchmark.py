@@ -1,5 +1,6 @@
-"""trainer-benchmark on tiny models: the documented command on a bare backbone, a train.py checkpoint, and an
-export folder made here with torch.onnx.export; and the report picking the result up."""
+"""trainer-benchmark on tiny models: the documented command on a bare backbone (exported by the format table),
+a train.py checkpoint, and an export folder made here with torch.onnx.export; and the report picking the
+result up."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -18,6 +20,7 @@ from torch import nn
 
 from trainer.cli import CONFIG_DIR
 from trainer.export.converters.torchscript import export_torchscript
+from trainer.export.formats import FORMATS
 from trainer.models import build_classifier, count_macs, count_params
 from trainer.reports import build_report
 from trainer.reports.benchmark import run_benchmark, time_predictor
@@ -72,6 +75,11 @@ def test_documented_command_benchmarks_a_bare_backbone(tmp_path: Path) -> None:
     assert result["machine"]["cores"] >= 1 and result["machine"]["cpu_model"]
     assert result["peak_rss_mb"] > 0 and result["errors"] == []
     assert "onnx_int8" in (out / "benchmark.log").read_text()
+    onnx_file = Path(result["runtimes"]["onnx_int8"]["path"])  # written by the format table's own export:
+    assert onnx_file.name == FORMATS["onnx"].file("int8")  # its file name, and its metadata
+    props = {prop.key: prop.value for prop in onnx.load(str(onnx_file)).metadata_props}
+    assert json.loads(props["labels"]) == [str(i) for i in range(1000)]
+    assert json.loads(props["preprocess"])["size"] == 64
 
 
 def make_run(run_dir: Path) -> nn.Module:

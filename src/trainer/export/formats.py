@@ -25,10 +25,19 @@ class RuntimeUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ArtifactFile:
+    """One file a format writes: the one place its name is declared (the format's module and the benchmark
+    read it through `Format.file`)."""
+
+    name: str  # the file name in the export folder; a `{field}` in it is filled in by Format.file
+    precisions: str  # the precisions it comes in, for error messages
+
+
+@dataclass(frozen=True)
 class Format:
     name: str  # the name in export.formats
     module: str  # the module that converts and loads it (export, load)
-    files: dict[str, str]  # artifact file name -> the precisions it comes in
+    files: dict[str, ArtifactFile]  # role (fp32, int8, headless, ...) -> the file
     suffixes: dict[str, str]  # file suffix -> the manifest `format` of such an artifact
     headless: bool = False  # also exports the feature extractor (export_headless)
     probabilities: bool = False  # its predictor returns probabilities rather than logits
@@ -39,6 +48,10 @@ class Format:
         """The format's module (export and load, and export_headless when `headless`)."""
         return importlib.import_module(self.module)
 
+    def file(self, role: str, **fields: str) -> str:
+        """The file name of `role` (Core ML: with its `variant` filled in)."""
+        return self.files[role].name.format(**fields)
+
     def missing(self) -> str | None:
         """Why this format cannot be exported here (None when it can)."""
         absent = [name for name in self.requires if importlib.util.find_spec(name) is None]
@@ -48,7 +61,10 @@ class Format:
 
     def describe(self) -> str:
         """The name and the files it writes (with their precisions), for error messages."""
-        files = ", ".join(f"{name} ({precisions})" for name, precisions in self.files.items())
+        files = ", ".join(
+            f"{file.name.replace('{', '<').replace('}', '>')} ({file.precisions})"
+            for file in self.files.values()
+        )
         extra = f"; needs the [{self.extra}] extra" if self.extra else ""
         return f"{self.name}: {files}{extra}"
 
@@ -59,16 +75,19 @@ FORMATS: dict[str, Format] = {
         Format(
             name="torchscript",
             module="trainer.export.converters.torchscript",
-            files={"model_torchscript.pt": "fp32", "model_mobile.ptl": "fp32, torchscript.lite=true"},
+            files={
+                "fp32": ArtifactFile("model_torchscript.pt", "fp32"),
+                "lite": ArtifactFile("model_mobile.ptl", "fp32, torchscript.lite=true"),
+            },
             suffixes={".pt": "torchscript", ".ptl": "torchscript_lite"},
         ),
         Format(
             name="onnx",
             module="trainer.export.converters.onnx",
             files={
-                "model.onnx": "fp32",
-                "model_int8.onnx": "int8",
-                "feature_extractor.onnx": "fp32, headless",
+                "fp32": ArtifactFile("model.onnx", "fp32"),
+                "int8": ArtifactFile("model_int8.onnx", "int8"),
+                "headless": ArtifactFile("feature_extractor.onnx", "fp32, headless"),
             },
             suffixes={".onnx": "onnx"},
             headless=True,
@@ -77,8 +96,10 @@ FORMATS: dict[str, Format] = {
             name="coreml",
             module="trainer.export.converters.coreml.export",
             files={
-                "ImageClassifier_<variant>.mlpackage": "fp32, fp16, int8, palettizeN, w8a8",
-                "FeatureExtractor_fp16.mlpackage": "fp16, headless",
+                "classifier": ArtifactFile(
+                    "ImageClassifier_{variant}.mlpackage", "fp32, fp16, int8, palettizeN, w8a8"
+                ),
+                "headless": ArtifactFile("FeatureExtractor_fp16.mlpackage", "fp16, headless"),
             },
             suffixes={".mlpackage": "coreml"},
             headless=True,
@@ -87,7 +108,11 @@ FORMATS: dict[str, Format] = {
         Format(
             name="litert",
             module="trainer.export.converters.litert.export",
-            files={"model.tflite": "fp32", "model_fp16.tflite": "fp16", "model_int8.tflite": "int8"},
+            files={
+                "fp32": ArtifactFile("model.tflite", "fp32"),
+                "fp16": ArtifactFile("model_fp16.tflite", "fp16"),
+                "int8": ArtifactFile("model_int8.tflite", "int8"),
+            },
             suffixes={".tflite": "litert"},
             requires=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
             extra="mobile",
@@ -95,7 +120,7 @@ FORMATS: dict[str, Format] = {
         Format(
             name="executorch",
             module="trainer.export.converters.executorch",
-            files={"model.pte": "fp32", "model_int8.pte": "int8"},
+            files={"fp32": ArtifactFile("model.pte", "fp32"), "int8": ArtifactFile("model_int8.pte", "int8")},
             suffixes={".pte": "executorch"},
             requires=("executorch",),
             extra="mobile",

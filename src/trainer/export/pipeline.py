@@ -126,13 +126,7 @@ def _export_into(
     if not len(inputs):
         job.warnings.append("no readable val images: the artifacts were exported but not verified")
 
-    chosen = [row for name, row in FORMATS.items() if name in settings.formats]
-    for row in chosen:
-        reason = row.missing()
-        if reason:
-            job.skip(row.name, reason)
-        else:
-            row.impl().export(job)
+    chosen = export_formats(job)
     if settings.headless:
         _headless(job, headless, [row for row in chosen if row.headless and not row.missing()])
     updatable = False
@@ -194,6 +188,20 @@ def _export_into(
         write_model_card(out_dir, manifest)
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def export_formats(job: ExportJob) -> list[Format]:
+    """Run the export of each format in `job.settings.formats`, in table order; a format whose optional
+    packages are absent is skipped with the install command. Returns the rows chosen (the benchmark runs its
+    exports through here too)."""
+    chosen = [row for name, row in FORMATS.items() if name in job.settings.formats]
+    for row in chosen:
+        reason = row.missing()
+        if reason:
+            job.skip(row.name, reason)
+        else:
+            row.impl().export(job)
+    return chosen
 
 
 def _version(package: str) -> str | None:

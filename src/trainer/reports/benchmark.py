@@ -9,7 +9,8 @@ scripts/benchmark.py; its config is conf/benchmark.yaml).
 Params and MACs at the resolution, then per runtime (PyTorch eager, TorchScript, ONNX Runtime fp32 and
 int8) the batch-1 latency (median, p10, p90 of `benchmark.runs` calls after `benchmark.warmup`), frames per
 second and file size, with the thread count and the machine. A bare backbone or checkpoint is exported to
-TorchScript and ONNX first (int8 calibrated on random images: its latency and size are real, its accuracy is
+TorchScript and ONNX first, by the format table's own export (export.pipeline.export_formats, with the
+config's `export` settings; int8 calibrated on random images: its latency and size are real, its accuracy is
 not measured). Everything lands in `<run dir>/benchmark.json`, under the key names of metrics.json, which the
 report merges into the row of the run whose checkpoint or export it measured (`source_run`). Peak RSS is the
 whole process's (model build and exports included).
@@ -32,16 +33,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from omegaconf import DictConfig
-from torch import nn
+from omegaconf import DictConfig, OmegaConf
 
-from trainer.export.converters import onnx as onnx_format
-from trainer.export.converters import torchscript as torchscript_format
-from trainer.export.converters.onnx import export_onnx, onnx_predictor, quantize_int8
-from trainer.export.converters.torchscript import export_torchscript, load_torchscript
-from trainer.export.formats import RuntimeUnavailable
+from trainer.export.formats import FORMATS, RuntimeUnavailable
+from trainer.export.job import ExportJob
 from trainer.export.manifest import record_errors, size_bytes
+from trainer.export.metadata import ArtifactMetadata
+from trainer.export.pipeline import export_formats
 from trainer.export.predict import load_predictor
+from trainer.export.settings import ExportSettings
 from trainer.export.verify import Predict, latency_ms, torch_predictor
 from trainer.reports.benchmark_subjects import (
     Subject,
@@ -58,7 +58,13 @@ from trainer.utils.files import write_json
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("pytorch", "torchscript", "onnx", "onnx_int8")
+TIMED = {  # benchmark.runtimes -> the runtime it times (the artifact's runtime_key, `<format>_<precision>`)
+    "pytorch": "pytorch_fp32",
+    "torchscript": "torchscript_fp32",
+    "onnx": "onnx_fp32",
+    "onnx_int8": "onnx_int8",
+}
+RUNTIMES = tuple(TIMED)
 Candidate = tuple[str, Path | None, Callable[[], Predict]]  # runtime name, its file (None: eager), its loader
 
 
@@ -100,54 +106,56 @@ def time_predictor(predict: Predict, sample: np.ndarray, runs: int, warmup: int)
     }
 
 
-def _export_runtimes(
-    model: nn.Module,
-    image_size: int,
-    out_dir: Path,
-    wanted: list[str],
-    calibration_images: int,
-    outcome: Outcome,
-) -> list[Candidate]:
-    """Write the wanted artifacts of `model` under `out_dir`; returns (runtime, file, loader) to time."""
+def _export_job(subject: Subject, cfg: DictConfig, out_dir: Path, wanted: list[str]) -> ExportJob:
+    """An export of the subject's model in the table's rows that `wanted` needs, with the config's export
+    settings (no lite file). There are no val images, so nothing is verified (the benchmark measures cost, not
+    accuracy), and int8 is calibrated on `benchmark.calibration_images` random images."""
+    formats = [name for name in FORMATS if any(runtime.startswith(f"{name}_") for runtime in wanted)]
+    chosen = {"formats": formats, "torchscript": {"lite": False}, "onnx": {"int8": "onnx_int8" in wanted}}
+    settings = ExportSettings.from_config(OmegaConf.merge(cfg.export, chosen))
+    data_config = subject.data_config
+    assert subject.model is not None and data_config is not None  # a backbone or checkpoint subject
+    size, count = data_config.size, int(cfg.benchmark.calibration_images)
+    generator = torch.Generator().manual_seed(0)
+    calibration = torch.randn(count, 3, size, size, generator=generator).numpy()
     out_dir.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(1, 3, image_size, image_size)
-    threads = torch.get_num_threads()
+    return ExportJob(
+        model=subject.model,
+        classes=subject.classes,
+        data_config=data_config,
+        out_dir=out_dir,
+        settings=settings,
+        inputs=np.zeros((0, 3, size, size), np.float32),
+        labels=np.zeros(0, np.int64),
+        reference=np.zeros((0, len(subject.classes)), np.float32),
+        example=torch.randn(1, 3, size, size),
+        model_metadata=ArtifactMetadata.build(subject.classes, data_config, {}, settings).to_dict(),
+        read_calibration=lambda: calibration,
+        threads=torch.get_num_threads(),
+    )
+
+
+def _export_runtimes(subject: Subject, cfg: DictConfig, out_dir: Path, outcome: Outcome) -> list[Candidate]:
+    """Export the subject's model as trainer-export does (export_formats); returns the wanted runtimes to
+    time, and lists the export's errors and skips in `outcome`."""
+    wanted = [TIMED[name] for name in cfg.benchmark.runtimes]
     found: list[Candidate] = []
-    if "pytorch" in wanted:
+    if "pytorch_fp32" in wanted:
+        model = subject.model
         found.append(("pytorch_fp32", None, lambda: torch_predictor(model)))
-    if "torchscript" in wanted:
-        with outcome.guard("torchscript_fp32"):
-            path = out_dir / torchscript_format.FP32_NAME
-            export_torchscript(model, example, path)
-            found.append(("torchscript_fp32", path, lambda: torch_predictor(load_torchscript(path))))
-    onnx_path, onnx_exported = out_dir / onnx_format.FP32_NAME, False
-    if "onnx" in wanted or "onnx_int8" in wanted:
-        with outcome.guard("onnx_fp32"):
-            export_onnx(model, example, onnx_path, opset=None)
-            onnx_exported = True
-            if "onnx" in wanted:
-                found.append(("onnx_fp32", onnx_path, lambda: onnx_predictor(onnx_path, threads)))
-    if "onnx_int8" in wanted and not onnx_exported:
-        outcome.skipped.append({"runtime": "onnx_int8", "reason": "the ONNX fp32 export failed"})
-    elif "onnx_int8" in wanted:
-        with outcome.guard("onnx_int8"):
-            int8_path = out_dir / onnx_format.INT8_NAME
-            generator = torch.Generator().manual_seed(0)
-            images = torch.randn(calibration_images, 3, image_size, image_size, generator=generator).numpy()
-            quantize_int8(onnx_path, int8_path, images)
-            found.append(("onnx_int8", int8_path, lambda: onnx_predictor(int8_path, threads)))
-    return found
+    job = _export_job(subject, cfg, out_dir, wanted)
+    export_formats(job)
+    outcome.errors += [{"runtime": error["artifact"], "error": error["error"]} for error in job.errors]
+    outcome.skipped += [{"runtime": skip["name"], "reason": skip["reason"]} for skip in job.skipped]
+    entries = [{**entry, "file": out_dir / entry["path"]} for entry in job.artifacts]
+    return found + _artifact_runtimes([entry for entry in entries if runtime_key(entry) in wanted], {})
 
 
-def _artifact_runtimes(subject: Subject) -> list[Candidate]:
-    """(runtime, file, loader) for each artifact, loaded as trainer-predict loads it."""
+def _artifact_runtimes(entries: list[dict[str, Any]], manifest: dict[str, Any]) -> list[Candidate]:
+    """(runtime, file, loader) for each artifact entry (with its `file`), loaded as trainer-predict does."""
     return [
-        (
-            runtime_key(entry),
-            entry["file"],
-            lambda file=entry["file"]: load_predictor(file, subject.manifest)[0],
-        )
-        for entry in subject.artifacts
+        (runtime_key(entry), entry["file"], lambda file=entry["file"]: load_predictor(file, manifest)[0])
+        for entry in entries
     ]
 
 
@@ -202,16 +210,9 @@ def run_benchmark(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     image_size = subject.figures["image_size"]
     outcome = Outcome()
     if subject.model is not None:
-        candidates = _export_runtimes(
-            subject.model,
-            image_size,
-            out_dir / "artifacts",
-            list(settings.runtimes),
-            int(settings.calibration_images),
-            outcome,
-        )
+        candidates = _export_runtimes(subject, cfg, out_dir / "artifacts", outcome)
     else:
-        candidates = _artifact_runtimes(subject)
+        candidates = _artifact_runtimes(subject.artifacts, subject.manifest)
     _measure(candidates, image_size, runs, warmup, outcome)
     result: dict[str, Any] = {
         "mode": subject.mode,

@@ -12,6 +12,7 @@ import onnx
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from trainer.data.data_config import DataConfig, data_config_from_record
 from trainer.export.formats import suffix_formats
 from trainer.export.manifest import MANIFEST_NAME
 from trainer.models import build_classifier, count_macs, count_params
@@ -25,11 +26,14 @@ DEFAULT_NUM_CLASSES = 1000
 
 @dataclass
 class Subject:
-    """What is measured: identity and cost figures (metrics.json's keys), and either a model or artifacts."""
+    """What is measured: identity and cost figures (metrics.json's keys), and either a model (with the class
+    names and eval preprocessing its export needs) or artifacts."""
 
     mode: str  # backbone | checkpoint | artifacts
     figures: dict[str, Any]
     model: nn.Module | None = None
+    classes: list[str] = field(default_factory=list)
+    data_config: DataConfig | None = None
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # manifest-style entries with a `file`
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -60,9 +64,12 @@ def backbone_subject(cfg: DictConfig) -> Subject:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg["pretrained"] = False
     num_classes = int(model_cfg.pop("num_classes", None) or DEFAULT_NUM_CLASSES)
-    model = build_classifier(model_cfg, num_classes).model.eval()
-    figures = _model_figures(model_cfg, num_classes, int(cfg.dataset.image_size), model)
-    return Subject("backbone", figures, model=model)
+    classifier = build_classifier(model_cfg, num_classes)
+    image_size = int(cfg.dataset.image_size)
+    figures = _model_figures(model_cfg, num_classes, image_size, classifier.model.eval())
+    data_config = DataConfig.resolve(classifier.data_config, image_size)  # what its pretrained weights imply
+    classes = [str(i) for i in range(num_classes)]
+    return Subject("backbone", figures, classifier.model, classes, data_config)
 
 
 def checkpoint_subject(path: Path) -> Subject:
@@ -71,7 +78,11 @@ def checkpoint_subject(path: Path) -> Subject:
     model_cfg = {**record["config"]["model"], "pretrained": False}
     figures = _model_figures(model_cfg, len(record["classes"]), int(record["image_size"]), classifier.model)
     figures["dataset"] = (record["config"].get("dataset") or {}).get("name")
-    return Subject("checkpoint", figures, model=classifier.model)
+    if record.get("data_config"):
+        data_config = data_config_from_record(record)
+    else:  # a record without one: what the backbone's preprocessing implies at the run's resolution
+        data_config = DataConfig.resolve(classifier.data_config, int(record["image_size"]))
+    return Subject("checkpoint", figures, classifier.model, list(record["classes"]), data_config)
 
 
 def _onnx_image_size(entries: list[dict[str, Any]]) -> int | None:

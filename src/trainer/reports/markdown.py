@@ -43,7 +43,10 @@ def _cell(value: Any, column: str = "") -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(columns: list[str], rows: list[dict[str, Any]], headers: list[str] | None = None) -> list[str]:
+def markdown_table(
+    columns: list[str], rows: list[dict[str, Any]], headers: list[str] | None = None
+) -> list[str]:
+    """A Markdown table of `rows` (dicts) in `columns`, for report.md and the Optuna section."""
     lines = [
         "| " + " | ".join(headers or [_header(c) for c in columns]) + " |",
         "|" + "---|" * len(columns),
@@ -82,7 +85,7 @@ def render(table: Table, runs: list[Run], root: Path, plots: dict[str, Path | No
         for c in table.columns
         if c not in _LISTED_BELOW and any(row.get(c) not in (None, "", False) for row in table.rows)
     ]
-    lines += ["## Results", "", *_table(shown, table.rows), ""]
+    lines += ["## Results", "", *markdown_table(shown, table.rows), ""]
     lines += [
         "Top-1 on the val split; latency on CPU at batch 1 (median); MB = 10^6 bytes; "
         "int8 drop = ONNX fp32 minus ONNX int8 top-1. Every column is in results.csv.",
@@ -106,14 +109,16 @@ def render(table: Table, runs: list[Run], root: Path, plots: dict[str, Path | No
     ]
     if unfinished:
         lines += ["## Failed or unfinished runs", ""]
-        lines += _table(["run", "status", "error"], unfinished, ["run", "status", "error (from the job log)"])
+        lines += markdown_table(
+            ["run", "status", "error"], unfinished, ["run", "status", "error (from the job log)"]
+        )
         lines.append("")
     export_errors = [r for r in table.rows if r["export_errors"]]
     if export_errors:
         lines += [
             "## Export errors",
             "",
-            *_table(["run", "export_errors"], export_errors, ["run", "errors"]),
+            *markdown_table(["run", "export_errors"], export_errors, ["run", "errors"]),
             "",
         ]
     return "\n".join(lines)

@@ -49,7 +49,7 @@ def study_trials(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]],
 
 def study_markdown(sweep_dir: Path) -> list[str]:
     """report.md's section on the sweep's Optuna study: every trial, best first."""
-    from trainer.reports.markdown import _table
+    from trainer.reports.markdown import markdown_table
 
     found = study_trials(sweep_dir)
     if found is None:
@@ -62,6 +62,6 @@ def study_markdown(sweep_dir: Path) -> list[str]:
         f"`{pointer['study_name']}` in `{pointer['storage']}` ({len(rows)} trials; inspect or resume it with "
         "Optuna's tools, e.g. `optuna.load_study`):",
         "",
-        *_table(["trial", "state", "value", *params], ranked),
+        *markdown_table(["trial", "state", "value", *params], ranked),
         "",
     ]

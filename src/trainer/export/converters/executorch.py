@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
 from trainer.export.metadata import METADATA_NAME, as_json
 from trainer.export.verify import Predict
 from trainer.utils.files import atomic_output
 from trainer.utils.native_output import native_output_to_log
 
-FILES = {"fp32": "model.pte", "int8": "model_int8.pte"}
+FORMAT = FORMATS["executorch"]
 INT8_RECIPE = (
     "PT2E XNNPACKQuantizer symmetric config: per-channel int8 weights, int8 activations, "
     "min/max calibration; float32 input and output"
@@ -32,7 +33,7 @@ INPUT = "float32 NCHW (1, 3, S, S), (pixel/255 - mean)/std"
 
 def export(job: ExportJob) -> None:
     """model.pte (must match PyTorch) and, with executorch.int8, model_int8.pte compared with it."""
-    path = job.out_dir / FILES["fp32"]
+    path = job.out_dir / FORMAT.file("fp32")
     example = (job.example[:1],)
     fp32_outputs = None
     with job.guard("executorch_fp32"):
@@ -43,7 +44,7 @@ def export(job: ExportJob) -> None:
     if not job.copy_of_fp32("executorch_int8", job.settings.executorch.int8, made, "ExecuTorch"):
         return
     with job.guard("executorch_int8"):
-        path = job.out_dir / FILES["int8"]
+        path = job.out_dir / FORMAT.file("int8")
         quantized = _quantize(job.model, example, job.calibration)
         _write(path, _lower(torch.export.export(quantized, example), job.model_metadata))
         entry = job.add(

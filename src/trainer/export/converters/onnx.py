@@ -23,6 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from trainer.data.data_config import DataConfig
+from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
 from trainer.export.metadata import as_strings
 from trainer.export.settings import ExportSettings
@@ -32,9 +33,7 @@ from trainer.utils.files import TMP_PREFIX, atomic_output
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
-FP32_NAME = "model.onnx"
-INT8_NAME = "model_int8.onnx"
-HEADLESS_NAME = "feature_extractor.onnx"
+FORMAT = FORMATS["onnx"]
 INT8_RECIPE = "static QDQ: per-channel int8 weights (7-bit range), uint8 activations, min/max calibration"
 
 
@@ -195,7 +194,7 @@ def onnx_predictor(path: Path, threads: int) -> Predict:
 
 def export(job: ExportJob) -> None:
     """model.onnx (must match PyTorch) and, with onnx.int8, model_int8.onnx compared with it."""
-    path = job.out_dir / FP32_NAME
+    path = job.out_dir / FORMAT.file("fp32")
     metadata = {**onnx_metadata(job.classes, job.data_config, job.settings), **as_strings(job.model_metadata)}
     fp32_outputs = None
     with job.guard("onnx_fp32"):
@@ -205,7 +204,7 @@ def export(job: ExportJob) -> None:
     if not job.copy_of_fp32("onnx_int8", job.settings.onnx.int8, fp32_outputs is not None, "ONNX"):
         return
     with job.guard("onnx_int8"):
-        int8_path = job.out_dir / INT8_NAME
+        int8_path = job.out_dir / FORMAT.file("int8")
         quantize_int8(path, int8_path, job.calibration, metadata=metadata)
         entry = job.add(
             int8_path,
@@ -221,7 +220,7 @@ def export(job: ExportJob) -> None:
 def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray) -> None:
     """feature_extractor.onnx: output `embedding`, compared with PyTorch's `reference` embeddings."""
     with job.guard("headless_onnx_fp32"):
-        path = job.out_dir / HEADLESS_NAME
+        path = job.out_dir / FORMAT.file("headless")
         info = export_onnx(
             extractor,
             job.example,

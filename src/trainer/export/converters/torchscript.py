@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from trainer.export.converters.tracing import jit_without_deprecation, trace
+from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
 from trainer.export.metadata import METADATA_NAME, as_json
 from trainer.export.verify import Predict, torch_predictor
 from trainer.utils.files import atomic_output
 
-FP32_NAME = "model_torchscript.pt"
-LITE_NAME = "model_mobile.ptl"
+FORMAT = FORMATS["torchscript"]
 
 
 def export_torchscript(
@@ -74,7 +74,7 @@ def load_lite(path: Path):
 
 def export(job: ExportJob) -> None:
     """model_torchscript.pt, and model_mobile.ptl with torchscript.lite; both must match PyTorch."""
-    path = job.out_dir / FP32_NAME
+    path = job.out_dir / FORMAT.file("fp32")
     with job.guard("torchscript"):
         export_torchscript(job.model, job.example, path, job.model_metadata)
         entry = job.add(path, format="torchscript", precision="fp32")
@@ -86,7 +86,7 @@ def export(job: ExportJob) -> None:
         job.skip("torchscript_lite", reason)
         return
     with job.guard("torchscript_lite"):
-        lite = job.out_dir / LITE_NAME
+        lite = job.out_dir / FORMAT.file("lite")
         export_lite(path, lite, job.model_metadata)
         entry = job.add(lite, format="torchscript_lite", precision="fp32")
         job.verify(entry, torch_predictor(load_lite(lite)), job.reference, fp32=True)

@@ -39,12 +39,11 @@ from trainer.export.converters.coreml.gates import (
 from trainer.export.converters.coreml.spec import check_spec
 from trainer.export.converters.coreml.target import NOT_MACOS_REASON, w8a8_skip_reason
 from trainer.export.converters.coreml.variants import compressed_bits
-from trainer.export.formats import RuntimeUnavailable
+from trainer.export.formats import FORMATS, RuntimeUnavailable
 from trainer.export.job import ExportJob
 from trainer.export.verify import Predict, evaluate, fp32_problems, measured_metadata, softmax, top1
 
-CLASSIFIER_STEM = "ImageClassifier"
-HEADLESS_STEM = "FeatureExtractor"
+FORMAT = FORMATS["coreml"]
 
 
 def to_pixels(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> list[Image.Image]:
@@ -108,7 +107,7 @@ def export(job: ExportJob) -> None:
             mlmodel = base(precision)
             if variant not in ("fp32", "fp16"):
                 mlmodel = compress(mlmodel, variant, to_pixels(job.calibration, job.mean, job.std))
-            path = job.out_dir / f"{CLASSIFIER_STEM}_{variant}.mlpackage"
+            path = job.out_dir / FORMAT.file("classifier", variant=variant)
             save(mlmodel, path, settings=job.settings, model_metadata=job.model_metadata, classifier=True)
             extra: dict[str, Any] = {
                 "minimum_deployment_target": target,
@@ -139,7 +138,7 @@ def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray)
             target_name=target,
             precision="fp16",
         )
-        path = job.out_dir / f"{HEADLESS_STEM}_fp16.mlpackage"
+        path = job.out_dir / FORMAT.file("headless")
         save(mlmodel, path, settings=job.settings, model_metadata=job.model_metadata, classifier=False)
         stats = verify(job, "headless_coreml_fp16", "fp16", path, None, reference)
         job.add(

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from trainer.export.converters.litert.flatbuffer import float_io, signature, with_metadata
+from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
 from trainer.export.manifest import sha256, size_bytes
 from trainer.export.pixels import PixelNormalization
@@ -30,7 +31,7 @@ from trainer.export.verify import Predict, measured_metadata
 from trainer.utils.files import atomic_output
 from trainer.utils.native_output import native_output_to_log
 
-FILES = {"fp32": "model.tflite", "fp16": "model_fp16.tflite", "int8": "model_int8.tflite"}
+FORMAT = FORMATS["litert"]
 INT8_RECIPE = (
     "full-integer static PTQ (ai-edge-quantizer static_wi8_ai8): per-channel int8 weights, int8 activations, "
     "min/max over all calibration images; float32 input and output"
@@ -67,7 +68,7 @@ def to_pixels(inputs: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
 
 def export(job: ExportJob) -> None:
     """model.tflite (must match PyTorch), then with litert.fp16 / litert.int8 the smaller copies of it."""
-    path = job.out_dir / FILES["fp32"]
+    path = job.out_dir / FORMAT.file("fp32")
     fp32_bytes, fp32_outputs = None, None
     with job.guard("litert_fp32"):
         fp32_bytes = _convert(PixelsNHWC(job.model, job.mean, job.std).eval(), job.image_size)
@@ -84,7 +85,7 @@ def export(job: ExportJob) -> None:
 
 def _quantized(job: ExportJob, precision: str, fp32_bytes: bytes, fp32_outputs: np.ndarray) -> None:
     """model_fp16.tflite or model_int8.tflite, run on the val images and compared with the fp32 model."""
-    path = job.out_dir / FILES[precision]
+    path = job.out_dir / FORMAT.file(precision)
     if precision == "fp16":
         model_bytes = _fp16(fp32_bytes)
         _write(job, path, model_bytes, {"precision": precision})
