@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
-import math
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from trainer.cli import compose_config
 from trainer.data.index import build_index
 from trainer.data.sources.folder import index_class_folders, stratified_split
 from trainer.models import build_classifier
+from trainer.reports.recipe_tables import override, suite_table
 from trainer.training.plain_recipe import split_folder_root, train_plain
 from trainer.training.run import train
 
@@ -39,6 +41,41 @@ from trainer.training.run import train
 RECIPES: dict[str, list[str]] = {
     "defaults": [],
     "plain": [],
+    # Earlier defaults, spelled out: before the linear probe (c787122), and LP-FT as it shipped (81bcd53).
+    "old_defaults": [
+        "finetune.linear_probe=false",
+        "finetune.backbone_lr_mult=0.2",
+        "finetune.freeze_bn=false",
+    ],
+    "lp_ft": [
+        "finetune.linear_probe=true",
+        "finetune.probed_lr_mult=0.3",
+        "finetune.backbone_lr_mult=0.2",
+        "finetune.freeze_bn=false",
+    ],
+    "no_lp+backbone_lr_1.0": [
+        "finetune.linear_probe=false",
+        "finetune.backbone_lr_mult=1.0",
+        "finetune.freeze_bn=false",
+    ],
+    "no_lp+backbone_lr_1.0+scale_0.35": [
+        "finetune.linear_probe=false",
+        "finetune.backbone_lr_mult=1.0",
+        "augment.scale=[0.35,1.0]",
+    ],
+    "lp+freeze_bn+fp32": ["finetune.freeze_bn=true", "trainer.precision=32-true", "memory_format=contiguous"],
+    "lp+freeze_bn+no_smoothing": ["finetune.freeze_bn=true", "augment.label_smoothing=0.0"],
+    "lp+freeze_bn+lr_x1": ["finetune.freeze_bn=true", "finetune.probed_lr_mult=1.0"],
+    "lp+freeze_bn+lr_x1+backbone_lr_1.0": [
+        "finetune.freeze_bn=true",
+        "finetune.probed_lr_mult=1.0",
+        "finetune.backbone_lr_mult=1.0",
+    ],
+    "lp+lr_x1+backbone_lr_1.0": [
+        "finetune.probed_lr_mult=1.0",
+        "finetune.backbone_lr_mult=1.0",
+        "finetune.freeze_bn=false",
+    ],
     "plain_b4": ["dataset.batch_size=4"],
     "scale_0.25": ["augment.scale=[0.25,1.0]"],
     "scale_0.35": ["augment.scale=[0.35,1.0]"],
@@ -103,15 +140,55 @@ def resplit_folder(root: Path, val_fraction: float, seed: int, out: Path) -> Pat
     return out
 
 
-def run_recipe(name: str, base: list[str], size: int, epochs: int, seed: int, resplit: float | None) -> dict:
+def subsample_folder(root: Path, per_class: int, out: Path) -> Path:
+    """OUT/train/<class>/ (at most `per_class` photos: every k-th of the sorted names, k = count // per_class)
+    + OUT/val/<class>/ (all), as symlinks. Deterministic, so every recipe screens on the same photos."""
+    for part in ("train", "val"):
+        for name, paths in index_class_folders(root / part).items():
+            paths = sorted(paths)
+            if part == "train":
+                paths = paths[:: max(1, len(paths) // per_class)][:per_class]
+            for i, path in enumerate(paths):
+                link = out / part / name / f"{i:05d}_{Path(path).name}"
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(Path(path).resolve())
+    return out
+
+
+def suite_sets(suite: Path, names: list[str] | None = None) -> list[Path]:
+    """The photo sets of a suite folder: each sub-folder with train/ and val/, by name (only `names`)."""
+    sets = sorted(d for d in suite.iterdir() if (d / "train").is_dir() and (d / "val").is_dir())
+    if not sets:
+        raise SystemExit(f"--suite {suite}: no <set>/train/ + <set>/val/ folders in it; point it at a suite")
+    unknown = sorted(set(names or []) - {d.name for d in sets})
+    if unknown:
+        have = " ".join(d.name for d in sets)
+        raise SystemExit(f"--sets {' '.join(unknown)}: not in --suite {suite}; pick from: {have}")
+    return [d for d in sets if not names or d.name in names]
+
+
+def run_recipe(
+    name: str,
+    base: list[str],
+    size: int,
+    epochs: int,
+    seed: int,
+    resplit: float | None,
+    per_class: int | None = None,
+) -> dict:
     given = base
     with tempfile.TemporaryDirectory() as split:
+        root = Path(override(base, "dataset.root", ""))
         if resplit:
-            root = Path(next(o.split("=", 1)[1] for o in base if o.startswith("dataset.root=")))
-            here = resplit_folder(root, resplit, seed, Path(split))
-            base = [o for o in base if not o.startswith("dataset.root=")] + [f"dataset.root={here}"]
+            root = resplit_folder(root, resplit, seed, Path(split) / "resplit")
+        if per_class:
+            root = subsample_folder(root, per_class, Path(split) / "subsample")
+        if resplit or per_class:
+            base = [o for o in base if not o.startswith("dataset.root=")] + [f"dataset.root={root}"]
+        start = time.perf_counter()
         row = run_in(name, base, size, epochs, seed)
-    return {**row, "base": given, "resplit": resplit}
+    seconds = round(time.perf_counter() - start, 1)
+    return {**row, "base": given, "resplit": resplit, "max_train_per_class": per_class, "seconds": seconds}
 
 
 def run_in(name: str, base: list[str], size: int, epochs: int, seed: int) -> dict:
@@ -149,49 +226,6 @@ def run_in(name: str, base: list[str], size: int, epochs: int, seed: int) -> dic
     }
 
 
-def wilson(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
-def _override(base: list[str], key: str, default: str) -> str:
-    return next((o.split("=", 1)[1] for o in base if o.startswith(f"{key}=")), default)
-
-
-def table(rows: list[dict]) -> str:
-    """Markdown: one line per (data, model, size, epochs, recipe): mean top-1 over seeds, interval, gap to
-    plain."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        data = Path(_override(r["base"], "dataset.root", "demo")).name
-        data += f" (resplit {r['resplit']})" if r.get("resplit") else ""
-        model = _override(r["base"], "model", "demo")
-        groups[(data, model, r["image_size"], r["epochs"], r["recipe"])].append(r)
-    lines = [
-        "| data | model | px | epochs | recipe | val top-1 (mean) | seeds | per seed | 95% interval "
-        "| vs plain |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for key in sorted(groups, key=lambda k: (*k[:4], -_mean(groups[k]))):
-        runs, plain = groups[key], groups.get((*key[:4], "plain"))
-        n_val = runs[0]["val_images"]
-        top1 = _mean(runs)
-        low, high = wilson(top1 * n_val * len(runs), n_val * len(runs))
-        gap = f"{100 * (top1 - _mean(plain)):+.1f}" if plain and key[4] != "plain" else ""
-        seeds = " ".join(f"{100 * r['val_top1']:.1f}" for r in sorted(runs, key=lambda r: r["seed"]))
-        lines.append(
-            f"| {' | '.join(map(str, key))} | {100 * top1:.1f} | {len(runs)} | {seeds} "
-            f"| {100 * low:.1f}–{100 * high:.1f} | {gap} |"
-        )
-    return "\n".join(lines)
-
-
-def _mean(runs: list[dict] | None) -> float:
-    return sum(r["val_top1"] for r in runs) / len(runs) if runs else float("nan")
-
-
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -207,27 +241,42 @@ def main(argv: list[str]) -> None:
         metavar="VAL_FRACTION",
         help="pool dataset.root's train and val photos and split them anew for each seed",
     )
+    parser.add_argument(
+        "--suite",
+        type=Path,
+        metavar="DIR",
+        help="run every recipe on every DIR/<set>/{train,val}/ (dataset.root is set per set)",
+    )
+    parser.add_argument("--sets", nargs="+", metavar="NAME", help="with --suite: only these sets")
+    parser.add_argument(
+        "--max-train-per-class",
+        type=int,
+        metavar="N",
+        help="screen on at most N train photos per class (every k-th by name); val stays whole",
+    )
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     parser.add_argument("base", nargs="*", help="train.py overrides shared by every recipe")
     args = parser.parse_args(argv)
     done = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
     if args.table:
-        print(table(done))
+        print(suite_table(done))
         return
-    seen = {
-        (r["recipe"], tuple(r["base"]), r["image_size"], r["epochs"], r["seed"], r.get("resplit"))
-        for r in done
-    }
-    for size in args.sizes:
-        for epochs in args.epochs:
-            for seed in args.seeds:
-                for name in args.recipes:
-                    if (name, tuple(args.base), size, epochs, seed, args.resplit) in seen:
-                        continue
-                    row = run_recipe(name, args.base, size, epochs, seed, args.resplit)
-                    print(json.dumps(row), flush=True)
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+    key = ("recipe", "base", "image_size", "epochs", "seed", "resplit", "max_train_per_class")
+    seen = {tuple(json.dumps(r.get(k)) for k in key) for r in done}
+    bases = [args.base]
+    if args.suite:
+        shared = [o for o in args.base if not o.startswith(("dataset=", "dataset.root="))]
+        bases = [[*shared, "dataset=folder", f"dataset.root={d}"] for d in suite_sets(args.suite, args.sets)]
+    for size, epochs, seed, base, name in itertools.product(
+        args.sizes, args.epochs, args.seeds, bases, args.recipes
+    ):
+        job = (name, base, size, epochs, seed, args.resplit, args.max_train_per_class)
+        if tuple(json.dumps(v) for v in job) in seen:
+            continue
+        row = run_recipe(*job)
+        print(json.dumps(row), flush=True)
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

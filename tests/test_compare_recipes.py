@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import make_class_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,5 +68,75 @@ def test_recipes_run_beside_the_plain_recipe_and_tabulate(tmp_path: Path, tiny_f
     subprocess.run([*run, *args], check=True, capture_output=True, cwd=tmp_path)  # done: nothing re-runs
     assert len(out.read_text().splitlines()) == 2
     table = subprocess.run([*run, "--table"], check=True, capture_output=True, text=True).stdout
-    assert "| photos (resplit 0.5) | demo | 32 | 1 | defaults |" in table
-    assert "| photos (resplit 0.5) | demo | 32 | 1 | plain |" in table
+    assert "**demo, 32 px, 1 epochs, train photos per class: all, resplit: 0.5**" in table
+    assert "| photo set | plain | defaults |" in table
+    assert table.count("| photos | ") == 1
+
+
+def test_subsample_keeps_every_kth_train_photo_by_name_and_all_val(tmp_path: Path, tiny_folder: Path) -> None:
+    subsample = _script().subsample_folder
+    first, again = (subsample(tiny_folder, 5, tmp_path / name) for name in ("a", "b"))
+    for c in ("red", "green", "blue"):
+        names = sorted(p.name for p in (tiny_folder / "train" / c).iterdir())
+        kept = sorted(p.resolve().name for p in (first / "train" / c).iterdir())
+        assert kept == sorted(names[0:10:2])  # 12 // 5 = every 2nd, the first 5 of them
+    assert _photos(first / "train") == _photos(again / "train")  # deterministic
+    assert _photos(first / "val") == _photos(tiny_folder / "val")
+
+
+def test_suite_runs_every_recipe_on_every_set_once(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    for name, classes in (("cats", {"a": 8, "b": 8}), ("dogs", {"a": 8, "b": 8, "c": 8})):
+        make_class_folder(suite / name / "train", classes)
+        make_class_folder(suite / name / "val", {c: 3 for c in classes})
+    (suite / "notes").mkdir()  # no train/ + val/: not a set
+    out = tmp_path / "results.jsonl"
+    run = [sys.executable, str(ROOT / "scripts" / "compare_recipes.py"), "--out", str(out)]
+    args = ["--suite", str(suite), "--max-train-per-class", "4", "--sizes", "32", "--epochs", "1"]
+    args += ["--recipes", "defaults", "plain", "--", "model=demo", "model.alpha=0.25", "dataset.batch_size=4"]
+    subprocess.run([*run, *args], check=True, capture_output=True, cwd=tmp_path)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    roots = [next(o for o in r["base"] if o.startswith("dataset.root=")) for r in rows]
+    assert [(r["recipe"], Path(root).name) for r, root in zip(rows, roots, strict=True)] == [
+        ("defaults", "cats"),
+        ("plain", "cats"),
+        ("defaults", "dogs"),
+        ("plain", "dogs"),
+    ]
+    assert all(r["max_train_per_class"] == 4 and r["val_images"] in (6, 9) for r in rows)
+    subprocess.run([*run, *args], check=True, capture_output=True, cwd=tmp_path)  # done: nothing re-runs
+    assert len(out.read_text().splitlines()) == 4
+    table = subprocess.run([*run, "--table"], check=True, capture_output=True, text=True).stdout
+    assert "train photos per class: 4" in table
+    assert "| cats | " in table and "| dogs | " in table and "| mean over 2 sets | " in table
+
+
+def _rows(top1: dict[str, dict[str, float]]) -> list[dict]:
+    return [
+        {"recipe": recipe, "base": ["model=m", f"dataset.root=/s/{data}"], "image_size": 128, "epochs": 3}
+        | {"seed": 0, "val_top1": v, "val_images": 100}
+        for recipe, by_set in top1.items()
+        for data, v in by_set.items()
+    ]
+
+
+def test_suite_table_means_ranks_and_wins_against_plain() -> None:
+    from trainer.reports.recipe_tables import suite_table
+
+    table = suite_table(
+        _rows({"plain": {"a": 0.5, "b": 0.8}, "x": {"a": 0.9, "b": 0.79}, "y": {"a": 0.5, "b": 0.6}})
+    )
+    lines = table.splitlines()
+    assert lines[2] == "| photo set | plain | x | y |"  # plain first, then by mean
+    assert lines[4] == "| a | 50.0 ±9.6 | 90.0 ±6.0 | 50.0 ±9.6 |"
+    assert lines[6] == "| mean over 2 sets | 65.0 | 84.5 | 55.0 |"
+    assert lines[7] == "| average rank | 1.8 | 1.5 | 2.8 |"  # a tie shares its ranks: 1.75 and 2.75
+    assert lines[8] == "| vs plain: wins/ties/losses |  | 1/1/0 | 0/1/1 |"
+
+
+def test_suite_table_means_only_over_sets_every_recipe_ran_on() -> None:
+    from trainer.reports.recipe_tables import suite_table
+
+    table = suite_table(_rows({"plain": {"a": 0.5, "b": 0.8}, "x": {"a": 0.7}}))
+    assert "| b | 80.0 ±7.8 |  |" in table
+    assert "| mean over 1 sets | 50.0 | 70.0 |" in table

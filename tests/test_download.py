@@ -303,3 +303,11 @@ def test_two_processes_share_one_download(http_server, tmp_path):
     assert [first.exitcode, second.exitcode] == [0, 0]
     assert len(http_server.requests_for("toy.tgz")) == 1
     assert (root / "toy" / MARKER).is_file() and (root / "toy" / "a" / "one.txt").read_text() == "one"
+
+
+def test_unresolvable_host_fails_at_once(tmp_path):
+    """Poor: a DNS failure was retried five times (73 s) before the clear message."""
+    started = time.perf_counter()
+    with pytest.raises(DownloadError, match="does not resolve"):
+        download_file("http://no-such-host.invalid/x.tgz", tmp_path / "x.tgz", retries=5, backoff_s=10)
+    assert time.perf_counter() - started < 10

@@ -31,6 +31,7 @@ from trainer.cli import compose_config
 from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
+from trainer.export import manifest as manifest_module
 from trainer.export.converters import onnx as onnx_format
 from trainer.export.converters import torchscript as torchscript_format
 from trainer.export.converters.coreml import convert as coreml_convert
@@ -367,6 +368,11 @@ def test_every_coreml_variant_is_measured(exported: dict) -> None:
     lost, gained = palettized["top1_images_lost_gained_vs_pytorch"]
     p_value = round(sign_test(lost, gained), 4)
     assert palettized["gate"]["p_value"] == palettized["top1_drop_p_value_vs_pytorch"] == p_value
+    agreement = palettized["agreement_gate"]  # compressed copies also answer to the agreement gate
+    assert agreement["rule"] == "top1_agreement >= 0.95"
+    assert agreement["value"] == round(palettized["top1_agreement"], 4)
+    assert agreement["passed"] == (palettized["top1_agreement"] >= 0.95)
+    assert fp16["agreement_gate"] is None  # fp16 answers to its own agreement gate (99.5%)
     card = (out / "README.md").read_text()
     assert "`ImageClassifier_int8.mlpackage`: val top-1" in card
     assert "gate top1_drop_vs_pytorch <= 0.5 or sign-test p >= 0.05" in card
@@ -461,8 +467,10 @@ def test_xcode_class_name() -> None:
     assert xcode_class_name("3d.mlpackage") == "_3d"
 
 
-def small_export(tmp_path: Path, cfg: OmegaConf, out_dir: Path | None = None) -> dict:
-    """export_all with the tiny net on a few generated images."""
+def small_export(
+    tmp_path: Path, cfg: OmegaConf, out_dir: Path | None = None, checkpoint: dict | None = None
+) -> dict:
+    """export_all with the tiny net on a few generated images (`checkpoint`: the identity it came from)."""
     samples = make_images(tmp_path / "images", per_class=2, seed=2)
     return export_all(
         tiny_net(),
@@ -473,6 +481,7 @@ def small_export(tmp_path: Path, cfg: OmegaConf, out_dir: Path | None = None) ->
         calibration_paths=[p for p, _ in samples],
         val_samples=samples,
         provenance=METADATA,
+        checkpoint=checkpoint,
     )
 
 
@@ -511,7 +520,7 @@ def test_interrupted_first_export_leaves_nothing(tmp_path: Path, monkeypatch: py
     with pytest.raises(KeyboardInterrupt):
         small_export(tmp_path, export_config(formats=["torchscript", "onnx"]))
     assert not (tmp_path / "export").exists(), "no partial model, no temporary, no manifest"
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != ".export.lock"]
 
 
 def _contents(folder: Path) -> dict[str, str]:
@@ -534,7 +543,7 @@ def test_interrupted_reexport_keeps_the_previous_export_whole(
     with pytest.raises(KeyboardInterrupt):
         small_export(tmp_path, export_config(formats=["torchscript", "onnx"]))
     assert _contents(out) == before, "the previous export is untouched"
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != ".export.lock"] == []
 
 
 def test_export_never_replaces_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
@@ -560,7 +569,7 @@ def test_export_killed_mid_swap_is_restored(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="palettize5"):
         small_export(tmp_path, export_config(**{"coreml.quantize": ["palettize5"]}))
     assert _contents(out) == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != ".export.lock"] == []
 
 
 def test_atomic_output_replaces_directories_only_when_complete(tmp_path: Path) -> None:
@@ -580,7 +589,7 @@ def test_atomic_output_replaces_directories_only_when_complete(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Model.mlpackage"]
 
 
-def test_reexport_removes_artifacts_of_the_previous_export(tmp_path: Path) -> None:
+def test_reexport_without_a_known_checkpoint_keeps_nothing(tmp_path: Path) -> None:
     first = small_export(tmp_path, export_config(formats=["torchscript"]))
     assert first["errors"] == [] and (tmp_path / "export" / "model_torchscript.pt").exists()
     second = small_export(tmp_path, export_config(formats=["onnx"], **{"onnx.int8": False}))
@@ -588,6 +597,48 @@ def test_reexport_removes_artifacts_of_the_previous_export(tmp_path: Path) -> No
     names = sorted(p.name for p in (tmp_path / "export").iterdir())
     try_page = [] if missing_reason() else ["try.html", "try_runtime"]
     assert names == sorted(["README.md", "labels.txt", "manifest.json", "model.onnx", *try_page])
+
+
+def test_reexport_keeps_other_formats_of_the_same_checkpoint_and_refuses_another(tmp_path: Path) -> None:
+    """Defect: re-exporting with another format list silently deleted the first export's artifacts."""
+    ckpt, other = (
+        {"path": "/run/best.ckpt", "sha256": "a" * 64},
+        {"path": "/run/last.ckpt", "sha256": "b" * 64},
+    )
+    onnx_only = export_config(formats=["onnx"], **{"onnx.int8": False})
+    small_export(tmp_path, export_config(formats=["torchscript"]), checkpoint=ckpt)
+    out = tmp_path / "export"
+    torchscript = sha256(out / "model_torchscript.pt")
+    second = small_export(tmp_path, onnx_only, checkpoint=ckpt)
+    assert {a["name"]: a["checkpoint"] for a in second["artifacts"]} == {
+        "model.onnx": "a" * 64,
+        "model_torchscript.pt": "a" * 64,
+    }
+    assert sha256(out / "model_torchscript.pt") == torchscript and (out / "model.onnx").is_file()
+    assert json.loads((out / "manifest.json").read_text())["checkpoint"] == ckpt
+    assert "model_torchscript.pt" in (out / "README.md").read_text()
+    before = _contents(out)
+    with pytest.raises(ValueError, match="another checkpoint.*keep_other_checkpoints=true"):
+        small_export(tmp_path, onnx_only, checkpoint=other)
+    assert _contents(out) == before
+    mixed = export_config(formats=["onnx"], **{"onnx.int8": False, "keep_other_checkpoints": True})
+    third = small_export(tmp_path, mixed, checkpoint=other)
+    assert {a["name"]: a["checkpoint"][0] for a in third["artifacts"]} == {
+        "model.onnx": "b",
+        "model_torchscript.pt": "a",
+    }
+
+
+def test_second_export_into_a_locked_folder_stops_with_one_line(tmp_path: Path, monkeypatch) -> None:
+    """Defect: two exports into one folder deleted each other's staging folders; the loser crashed."""
+    out = tmp_path / "export"
+    monkeypatch.setattr(manifest_module, "LOCK_WAIT_S", 0.2)
+    live = tmp_path / ".export.tmp-livelive"
+    with manifest_module.export_lock(out):
+        live.mkdir()  # the holder's staging folder
+        with pytest.raises(manifest_module.ExportBusyError, match="another export is writing"):
+            small_export(tmp_path, export_config(formats=["torchscript"]))
+        assert live.is_dir(), "a live export's staging folder is never deleted by another"
 
 
 def test_onnx_falls_back_to_the_torchscript_exporter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -662,3 +713,24 @@ def test_real_photos(tmp_path: Path) -> None:
     )
     assert manifest["errors"] == [] and manifest["val_images"] == 16
     assert entry(manifest, "model.onnx")["top1_agreement"] >= 0.995
+
+
+def test_export_of_a_nan_model_fails_its_gate(tmp_path: Path) -> None:
+    """Defect: a NaN model exported as "passed, 100% agreement" (argmax of NaN agrees with itself)."""
+    model = tiny_net()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(float("nan"))
+    samples = make_images(tmp_path / "images", per_class=2, seed=2)
+    manifest = export_all(
+        model,
+        classes=CLASSES,
+        data_config=DATA_CONFIG,
+        out_dir=tmp_path / "export",
+        cfg=export_config(formats=["onnx"], **{"onnx.int8": False}),
+        calibration_paths=[p for p, _ in samples],
+        val_samples=samples,
+        provenance=METADATA,
+    )
+    assert [e["artifact"] for e in manifest["errors"]] == ["PyTorch reference"]
+    assert "NaN or infinite" in manifest["errors"][0]["error"]

@@ -98,3 +98,48 @@ def test_non_images_are_not_image_files():
     assert not is_image_file("notes.txt")
     assert not is_image_file("._photo.jpg")  # macOS resource fork
     assert is_image_file("IMG_0001.JPG") and is_image_file("scan.TIFF")
+
+
+def _heic_class_folder(root, monkeypatch, readable: bool):
+    """root/{jpg_and_heic,heic_only,plain}/ with HEIC photos; `readable`: whether pillow-heif is there."""
+    from conftest import make_class_folder
+
+    from trainer.data import images
+
+    pillow_heif = pytest.importorskip("pillow_heif") if readable else None
+    make_class_folder(root / "train", {"mixed": 2, "heic_only": 0, "plain": 2})
+    make_class_folder(root / "val", {"mixed": 1, "heic_only": 0, "plain": 1})
+    images.heif_reader.cache_clear()
+    if pillow_heif:
+        pillow_heif.register_heif_opener()
+    for split, count in (("train", 2), ("val", 1)):
+        for folder in ("mixed", "heic_only"):
+            for i in range(count):
+                path = root / split / folder / f"IMG_{i}.HEIC"
+                if pillow_heif:
+                    _rgb((48, 48)).save(path, format="HEIF")
+                else:
+                    path.write_bytes(b"\x00\x00\x00\x18ftypheic")
+    if not readable:
+        monkeypatch.setattr(images, "heif_reader", lambda: False)
+    return root
+
+
+def test_heic_photos_are_read_with_pillow_heif(tmp_path, monkeypatch):
+    from trainer.data.scan import drop_bad_images
+    from trainer.data.sources.folder import index_folder
+
+    index = index_folder(_heic_class_folder(tmp_path / "photos", monkeypatch, readable=True))
+    assert sum(p.endswith(".HEIC") for p, _ in index.train) == 4
+    assert drop_bad_images(index) == {} and load_rgb(index.train[0][0]).size == (48, 48)
+
+
+def test_heic_without_pillow_heif_is_listed_with_the_install_command(tmp_path, monkeypatch, caplog):
+    """Poor: HEIC photos were ignored without a word; an all-HEIC class said "no images (jpg, png, ...)"."""
+    from trainer.data.scan import BadImagesError, drop_bad_images
+    from trainer.data.sources.folder import index_folder
+
+    index = index_folder(_heic_class_folder(tmp_path / "photos", monkeypatch, readable=False))
+    with pytest.raises(BadImagesError, match="the train split has no images of: heic_only"):
+        drop_bad_images(index)
+    assert caplog.text.count("HEIC/HEIF photo, skipped") == 6 and "pip install 'trainer[heic]'" in caplog.text

@@ -122,7 +122,12 @@ def test_features_are_refused_when_the_head_alone_does_not_make_the_output_or_th
 
 class HeadAtStart(L.Callback):
     """The head's weights and learning rate when the first training step is about to run, and the model's
-    train-set accuracy then (when a datamodule lists the train images)."""
+    train-set accuracy then (when a datamodule lists the train images); whether BatchNorm trains in steps."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        norms = [m for m in pl_module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        self.bn_trains = all(m.training and m.weight.requires_grad for m in norms)
+        self.bn_frozen = not any(m.training or m.weight.requires_grad for m in norms)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.head_name = pl_module.classifier.head_name
@@ -177,6 +182,8 @@ def test_pretrained_run_starts_from_the_probe_head(
     assert random.train_top1 < 0.9
     assert probed.head_lr == pytest.approx(1e-3 * 0.3)  # optim.lr x finetune.probed_lr_mult
     assert random.head_lr == pytest.approx(1e-3)
+    # finetune.freeze_bn=probed: the probed head keeps the statistics it was fitted under; a random one not
+    assert probed.bn_frozen and random.bn_trains
 
 
 def test_without_the_probe_the_head_trains_at_the_full_rate(
@@ -189,6 +196,7 @@ def test_without_the_probe_the_head_trains_at_the_full_rate(
     for run in (dropped, batches):  # no probe callback, or no list of train images to probe
         assert torch.equal(run.weight, random.weight)
         assert run.head_lr == pytest.approx(1e-3)
+        assert run.bn_trains
 
 
 def test_from_scratch_run_keeps_its_random_head(tmp_path: Path, tiny_folder: Path) -> None:
@@ -196,6 +204,7 @@ def test_from_scratch_run_keeps_its_random_head(tmp_path: Path, tiny_folder: Pat
     off = head_at_start(tmp_path / "off", tiny_folder, "finetune.linear_probe=false")
     assert torch.equal(on.weight, off.weight)  # nothing pretrained to probe: both heads are the seed's
     assert on.head_lr == off.head_lr == pytest.approx(1e-3)
+    assert on.bn_trains and off.bn_trains  # random statistics are no place to freeze
 
 
 def test_resumed_run_keeps_its_checkpoints_head(
@@ -206,5 +215,6 @@ def test_resumed_run_keeps_its_checkpoints_head(
     last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     resumed = head_at_start(tmp_path / "again", tiny_folder, weights, f"ckpt_path={last}", epochs=2)
-    # no second probe over the trained head
+    # no second probe over the trained head, and BatchNorm still frozen under it
     assert torch.equal(resumed.weight, saved[f"model.{resumed.head_name}.weight"])
+    assert resumed.bn_frozen

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from trainer.record import CheckpointError, load_checkpoint, read_checkpoint
 from trainer.training.callbacks import AtomicCheckpointIO
 from trainer.training.module import ClassifierModule
 from trainer.training.run import build_trainer, train
+from trainer.utils.files import check_zip_sizes
 
 
 class Payload:
@@ -140,3 +142,31 @@ def test_cli_garbage_ckpt_path_exits_1_without_traceback(
     assert exit_info.value.code == 1, text
     assert "Traceback" not in text and f"ckpt_path={garbage}" in text
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _zip_bomb(path: Path, declared: int) -> Path:
+    """A real checkpoint whose data.pkl claims `declared` uncompressed bytes (headers patched): what a
+    deflate bomb's headers say, without spending the seconds to compress gigabytes."""
+    torch.save({"state_dict": {}}, path)
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):
+        at = data.find(signature)
+        while at != -1:
+            name_at = at + (46 if signature == b"PK\x01\x02" else 30)
+            if data[name_at : name_at + 200].split(b"/", 1)[-1].startswith(b"data.pkl"):
+                data[at + offset : at + offset + 4] = declared.to_bytes(4, "little")
+            at = data.find(signature, at + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_zip_bomb_checkpoint_is_refused_fast(tmp_path: Path) -> None:
+    """Defect: a 3 MB checkpoint declaring a 3 GB data.pkl cost 26 s and 7.1 GB before it was refused."""
+    bomb = _zip_bomb(tmp_path / "bomb.ckpt", 3 << 30)
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"declares 3072 MiB uncompressed.*data.pkl"):
+        read_checkpoint(bomb)
+    with pytest.raises(PretrainedWeightsError, match="uncompressed"):
+        read_state_dict(bomb)
+    assert time.perf_counter() - started < 2
+    check_zip_sizes(_zip_bomb(tmp_path / "fine.ckpt", 100))  # a plausible size passes

@@ -51,6 +51,13 @@ def untouched(monkeypatch: pytest.MonkeyPatch) -> None:
         ("model=timm model.name=not_a_model", ["model.name='not_a_model'", "timm"]),
         ("model.pretrained=/no/such/weights.pth", ["model.pretrained=/no/such/weights.pth", "no such file"]),
         ("export.coreml.minimum_deployment_target=iOS99", ["iOS99", "iOS16"]),
+        ("optim.lr=inf", ["optim.lr=inf", "a finite number"]),  # defect: infinity passed the range check
+        ("optim.lr=nan", ["optim.lr=nan"]),
+        ("export.on_device.learning_rate=inf", ["export.on_device.learning_rate=inf", "a finite number"]),
+        ("threads=999", ["threads=999", "usable cores"]),  # defect: 999 threads on 2 cores, 7 min an epoch
+        ("export.formats=[]", ["export.formats=[] exports nothing", "export.enabled=false"]),
+        ("trainer.precision=bogus", ["trainer.precision='bogus'", "bf16-mixed"]),
+        ("memory_format=bogus", ["memory_format='bogus'", "channels_last"]),
     ],
 )
 def test_bad_setting_is_named_before_any_work(
@@ -80,4 +87,11 @@ def test_single_class_folder_is_named(tmp_path: Path) -> None:
     root = make_class_folder(tmp_path / "photos", {"cats": 4})
     cfg = compose_config(["dataset=folder", f"dataset.root={root}"], output_dir=str(tmp_path / "run"))
     with pytest.raises(DatasetLayoutError, match=f"{root} has one class folder \\(cats\\)"):
+        run.train(cfg)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_gpu_trainer_on_a_cpu_machine_is_named_before_any_work(tmp_path: Path, untouched: None) -> None:
+    cfg = compose_config(["trainer=gpu"], output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="trainer.accelerator='gpu'.*no CUDA GPU"):
         run.train(cfg)

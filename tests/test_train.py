@@ -162,3 +162,29 @@ def test_default_job_runs_offline_on_demo_data(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["dataset"] == "demo" and metrics["num_classes"] == 6
     assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_second_run_into_one_folder_and_resume_at_another_size_are_refused(tmp_path, tiny_folder, caplog):
+    """Poor: a second train.py into a run folder died on "dict contains fields not in fieldnames"; a resume
+    at another dataset.image_size switched size silently; both printed "training from scratch"."""
+    from trainer.record import CheckpointError
+
+    folder = ("dataset=folder", f"dataset.root={tiny_folder}")
+    run(tmp_path, *folder, "trainer.max_epochs=1")
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoints/\).*ckpt_path="):
+        run(tmp_path, *folder, "trainer.max_epochs=1")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match="dataset.image_size=32, this run has dataset.image_size=48"):
+        run(
+            tmp_path,
+            "dataset=folder",
+            f"dataset.root={tiny_folder}",
+            "dataset.image_size=48",
+            f"ckpt_path={last}",
+        )
+    caplog.clear()
+    run(
+        tmp_path, "dataset=folder", f"dataset.root={tiny_folder}", "trainer.max_epochs=2", f"ckpt_path={last}"
+    )
+    assert "from scratch" not in caplog.text

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.data.sources.folder import folder_source
 from trainer.export.settings import ExportSettings
+from trainer.utils.cpus import usable_cpus
 
 MIN_IMAGE_SIZE = 32  # the backbones downsample 32x: smaller inputs leave less than one pixel of features
 MAX_IMAGE_SIZE = 1024  # memory grows with size^2: 1024 px already needs ~21x the memory of 224 px per image
@@ -60,7 +61,7 @@ def number(
     if integer and not parsed.is_integer():
         raise setting_error(key, value, allowed, example, why)
     below = parsed <= low if low_open else parsed < low
-    if below or parsed > high or math.isnan(parsed):
+    if below or parsed > high or not math.isfinite(parsed):
         raise setting_error(key, value, allowed, example, why)
     return parsed
 
@@ -134,27 +135,71 @@ def check_training(cfg: DictConfig) -> None:
     number(cfg, "finetune.backbone_lr_mult", low=0, example=0.5)
     number(cfg, "finetune.probed_lr_mult", low=0, low_open=True, example=0.3)
     number(cfg, "finetune.linear_probe_images_per_class", low=1, example=100, integer=True)
+    if _get(cfg, "finetune.freeze_bn") not in (True, False, "probed"):
+        allowed = "true, false or probed (frozen when the head starts from the linear probe)"
+        raise setting_error("finetune.freeze_bn", _get(cfg, "finetune.freeze_bn"), allowed, "probed")
     number(cfg, "seed", low=0, high=2**32 - 1, example=42, integer=True)
     if _get(cfg, "threads") is not None:
-        number(cfg, "threads", low=1, example=2, integer=True, why="or null for one per core")
+        cores = usable_cpus()
+        why = (
+            f"this machine has {cores} usable cores, more threads only wait on each other; null: one per core"
+        )
+        number(cfg, "threads", low=1, high=cores, example=cores, integer=True, why=why)
+
+
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "bf16-true", "16-true", "64")
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    """The accelerator exists here; precision and memory_format are values the Trainer knows."""
+    import torch
+
+    from trainer.training.speed import resolve_memory_format
+
+    accelerator = str(_get(cfg, "trainer.accelerator") or "cpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise setting_error(
+            "trainer.accelerator", accelerator, "cpu or auto here", "cpu", "this machine has no CUDA GPU"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise setting_error(
+            "trainer.accelerator", accelerator, "cpu or auto here", "cpu", "no Apple MPS here"
+        )
+    precision = str(_get(cfg, "trainer.precision") or "auto")
+    if precision not in PRECISIONS:
+        raise setting_error("trainer.precision", precision, f"one of {', '.join(PRECISIONS)}", "auto")
+    resolve_memory_format(_get(cfg, "memory_format"), cfg.trainer)
 
 
 def check_export(export_cfg: DictConfig) -> ExportSettings:
     """The export settings (formats, Core ML variants, target, ...) through the export's own validators; the
     run exports with the settings returned, read once."""
+    check_finite(OmegaConf.to_container(export_cfg, resolve=False), "export")
     try:
         return ExportSettings.from_config(export_cfg)
     except ValueError as exc:
         raise SettingError(f"{exc}. Example: export.formats=[torchscript,onnx,coreml]") from None
 
 
+def check_finite(node: Any, prefix: str = "") -> None:
+    """No number anywhere in the config is NaN or infinite: `optim.lr=inf` trains to NaN weights."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise setting_error(path, value, "a finite number", 0.001, "NaN and infinity break training")
+        check_finite(value, path)
+
+
 def check_train_settings(cfg: DictConfig) -> tuple[dict[str, Any] | None, ExportSettings | None]:
     """Check every setting of `train.py`; return the run record of `ckpt_path` when resuming, and the export
     settings when exporting."""
+    check_finite(OmegaConf.to_container(cfg, resolve=False))
     check_dataset(cfg)
     check_model(cfg)
     check_augment(cfg)
     check_training(cfg)
+    check_hardware(cfg)
     settings = check_export(cfg.export) if cfg.export.enabled else None
     if _get(cfg, "ckpt_path"):
         from trainer.record import read_resume_checkpoint

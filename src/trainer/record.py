@@ -11,11 +11,13 @@ from omegaconf import OmegaConf
 
 from trainer.data.data_config import data_config_from_record
 from trainer.data.index import DatasetIndex, build_index
+from trainer.export.keep import checkpoint_identity
 from trainer.export.pipeline import export_all
 from trainer.export.settings import ExportSettings
 from trainer.models import Classifier, build_classifier, headless_copy
 from trainer.models.families import MobileNetV1Family, TimmFamily, TorchvisionFamily
 from trainer.reports.run_report.val_outputs import CONFIDENCE_KEYS
+from trainer.utils.files import check_zip_sizes
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt") -> dict[str, Any]:
             f"{setting}={path}: no such file; give a run's checkpoints/last.ckpt or best.ckpt"
         )
     try:
+        check_zip_sizes(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
@@ -94,6 +97,12 @@ def read_resume_checkpoint(path: str | Path, cfg: Any) -> dict[str, Any]:
             f"ckpt_path={path} cannot resume training (no {', '.join(missing)}): give checkpoints/last.ckpt"
         )
     record = ckpt[RECORD]
+    saved_size = record["config"].get("dataset", {}).get("image_size")
+    if saved_size is not None and saved_size != cfg.dataset.get("image_size"):
+        raise CheckpointError(
+            f"ckpt_path={path} was trained at dataset.image_size={saved_size}, this run has "
+            f"dataset.image_size={cfg.dataset.get('image_size')}: resume with the run's own settings"
+        )
     saved = record["config"]["model"]
     for key in ("name", "_target_", "alpha"):
         if saved.get(key) != cfg.model.get(key):
@@ -109,7 +118,7 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     ckpt = read_checkpoint(path)
     record = ckpt[RECORD]
     model_cfg = {**record["config"]["model"], "pretrained": False}  # the checkpoint holds every weight
-    classifier = build_classifier(model_cfg, len(record["classes"]))
+    classifier = build_classifier(model_cfg, len(record["classes"]), restoring=True)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     classifier.model.load_state_dict(state)
     classifier.model.eval()
@@ -123,9 +132,11 @@ def export_trained(
     out_dir: Path,
     index: DatasetIndex | None = None,
     metrics: dict[str, Any] | None = None,
+    checkpoint: Path | str | None = None,
 ) -> dict[str, Any]:
     """Export `classifier` with everything the run knows: classes, the data config the run resolved (kept in
-    the checkpoint: every input and the app's preprocessing follow it), val images, metrics."""
+    the checkpoint: every input and the app's preprocessing follow it), val images, metrics, and the
+    `checkpoint` file it was loaded from (named in every manifest entry)."""
     config = OmegaConf.create(record["config"])
     if index is None:  # from a checkpoint: the same dataset config finds the same images
         index = build_index(config.dataset)
@@ -152,4 +163,5 @@ def export_trained(
         headless=headless_copy(classifier) if settings.headless or settings.updatable else None,
         head=model.get_submodule(classifier.head_name),
         train_samples=index.train,
+        checkpoint=checkpoint_identity(checkpoint) if checkpoint else None,
     )

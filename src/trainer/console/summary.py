@@ -42,8 +42,11 @@ def artifact_table(manifest: dict[str, Any]) -> list[str]:
     for entry in manifest.get("artifacts") or []:
         own = [e for e in errors if str(e.get("artifact", "")).removesuffix(" conversion") in _names(entry)]
         errors = [e for e in errors if e not in own]
+        gate = entry.get("agreement_gate") or {"passed": True}
         if own:
             check = "FAILED: " + _short(own[0].get("error", ""))
+        elif not gate["passed"]:
+            check = f"FAILED agreement gate: {_percent(1 - gate['value'])} of answers differ"
         elif entry.get("reason"):
             check = "passed, not run here *"
             notes.setdefault(entry["reason"], []).append(entry.get("name"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -87,6 +88,12 @@ def download_file(
         except _RETRYABLE as exc:
             if isinstance(exc, urllib.error.URLError) and not isinstance(exc.reason, OSError):
                 raise DownloadError(f"Cannot download {url}: {exc.reason}. Check dataset.url.") from exc
+            if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, socket.gaierror):
+                raise DownloadError(  # no DNS answer: offline, or a typo in the host; waiting will not help
+                    f"Cannot download {url}: the host name does not resolve ({exc.reason.strerror}). Check "
+                    "the network (offline?) and dataset.url, or fetch it by hand and set "
+                    f"dataset.url=file:///path/to/{dest.name}."
+                ) from exc
             if attempt == retries:
                 raise DownloadError(
                     f"Could not download {url} after {retries + 1} attempts ({exc}). Check the network and "

@@ -1,11 +1,13 @@
 """Read any image a real photo folder holds as an upright RGB PIL image.
 
-Phones write EXIF-rotated JPEGs, scrapers leave GIFs and CMYK files, scanners write 16-bit TIFFs: every one of
-them must reach the model as the same thing, 8-bit RGB the right way up.
+Phones write EXIF-rotated JPEGs (iPhones HEIC, read when pillow-heif is installed), scrapers leave GIFs and
+CMYK files, scanners write 16-bit TIFFs: every one of them must reach the model as the same thing, 8-bit RGB
+the right way up.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
@@ -13,13 +15,37 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+HEIF_EXTENSIONS = frozenset(
+    {".heic", ".heif"}
+)  # what iPhones save; read through pillow-heif (the heic extra)
+IMAGE_EXTENSIONS = (
+    frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}) | HEIF_EXTENSIONS
+)
+HEIF_MISSING = (
+    "a HEIC/HEIF photo, skipped: reading it needs pillow-heif. Install it with pip install 'trainer[heic]' "
+    "(or pip install pillow-heif), or convert the photos to JPEG"
+)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
     """True for files whose extension names an image format we read (hidden files excluded)."""
     name = os.path.basename(path)
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_heif(path: str | os.PathLike) -> bool:
+    return os.path.splitext(path)[1].lower() in HEIF_EXTENSIONS
+
+
+@functools.cache
+def heif_reader() -> bool:
+    """Register pillow-heif's opener with PIL (once per process); False when it is not installed."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -46,6 +72,8 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
     shorter side at least `min_side`), which makes 12-megapixel phone photos cheap to train on at 224 px.
     Multi-frame files (GIF, TIFF) give their first frame.
     """
+    if is_heif(path) and not heif_reader():
+        raise OSError(HEIF_MISSING)
     with Image.open(path) as img:
         if min_side and img.format == "JPEG":
             scale = min_side / min(img.size)
@@ -88,6 +116,8 @@ def decode_checked(path: str | os.PathLike, min_side: int = 32) -> tuple[Image.I
     reason = not_regular_reason(path)
     if reason:
         return None, reason
+    if is_heif(path) and not heif_reader():
+        return None, HEIF_MISSING
     try:
         img = load_rgb(path, min_side=min_side)
     except FileNotFoundError:

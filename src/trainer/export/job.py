@@ -20,7 +20,9 @@ from trainer.export.manifest import artifact_entry, record_errors
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import (
     Predict,
+    agreement_gate,
     changed_answers,
+    different_answers,
     drop_gate,
     evaluate,
     fp32_problems,
@@ -140,4 +142,17 @@ class ExportJob:
             self.warnings.append(
                 f"{what} loses {entry['top1_drop_vs_fp32']:.2f} points of val top-1 against fp32 "
                 f"(> {MAX_INT8_TOP1_DROP}; sign-test p {entry['top1_drop_p_value']})"
+            )
+        self.check_agreement(what, entry)
+
+    def check_agreement(self, what: str, entry: dict) -> None:
+        """Store a quantized copy's agreement gate (verify.agreement_gate) in `entry`; a failed one is
+        flagged in the warnings, in the words the summary and the card use."""
+        check = agreement_gate(entry, self.settings.min_agreement)
+        if check is None:
+            return
+        entry["agreement_gate"] = check
+        if not check["passed"]:
+            self.warnings.append(
+                f"{what} failed its agreement gate ({check['rule']}): {different_answers(check)}"
             )

@@ -18,11 +18,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from trainer.utils.files import TMP_PREFIX, hash_file, remove, sha256_file, swap_in, tree_files, write_text
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+LOCK_WAIT_S = 10.0  # how long a second export into the same folder waits for the first
+
+
+class ExportBusyError(RuntimeError):
+    """Another export holds the folder's lock."""
 
 
 @contextmanager
@@ -83,6 +90,7 @@ class ArtifactEntry:
     top1_images_lost_gained: list[int] | None = None  # the images behind top1_drop_vs_fp32
     top1_drop_p_value: float | None = None  # its one-sided sign test
     gate: dict[str, Any] | None = None  # the accuracy gate that ran: rule, value, passed, p_value, on_failure
+    agreement_gate: dict[str, Any] | None = None  # a smaller copy's top1_agreement >= export.min_agreement
     figures: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -134,6 +142,29 @@ def staged_folder(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    with export_lock(final):
+        yield from _staged(final)
+
+
+@contextmanager
+def export_lock(final: Path) -> Iterator[None]:
+    """One export at a time per folder: a second one waits `LOCK_WAIT_S`, then stops with one line. Only the
+    holder cleans leftovers, so a live export's staging folder is never deleted by another."""
+    lock = FileLock(final.with_name(f".{final.name}.lock"))
+    try:
+        lock.acquire(timeout=LOCK_WAIT_S)
+    except Timeout:
+        raise ExportBusyError(
+            f"another export is writing {final} (lock {lock.lock_file}): wait for it to finish, or choose "
+            "another out_dir"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _staged(final: Path) -> Iterator[Path]:
     stem = f".{final.name}{TMP_PREFIX}"
     for leftover in sorted(final.parent.glob(f"{stem}*")):
         if leftover.name.startswith(f"{stem}old-") and not final.exists():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +28,7 @@ from trainer.export.handoff.names import CARD_NAME, swift_package, tflite_model,
 from trainer.export.handoff.swift import write_swift
 from trainer.export.handoff.try_page import PAGE_NAME, RUNTIME_FOLDER, write_try_page
 from trainer.export.job import ExportJob
+from trainer.export.keep import artifacts_to_keep, copy_kept
 from trainer.export.manifest import MANIFEST_NAME, ArtifactEntry, staged_folder, write_manifest
 from trainer.export.metadata import ArtifactMetadata
 from trainer.export.settings import ExportSettings
@@ -47,6 +48,23 @@ def _spread(items: Sequence[T], count: int | None) -> list[T]:
     return [items[i * len(items) // count] for i in range(count)]
 
 
+def calibration_draw(paths: Sequence[str], label_of: Mapping[str, int], count: int) -> list[str]:
+    """`count` calibration images drawn across classes: places dealt round-robin over the classes (paths
+    without a label form one group), each class's share spread evenly over its images, so every class
+    calibrates the activation ranges, however unequal the class sizes."""
+    if count >= len(paths):
+        return list(paths)
+    groups: dict[int, list[str]] = {}
+    for path in paths:
+        groups.setdefault(label_of.get(path, -1), []).append(path)
+    quota = dict.fromkeys(groups, 0)
+    while sum(quota.values()) < count:
+        for label, members in groups.items():
+            if quota[label] < len(members) and sum(quota.values()) < count:
+                quota[label] += 1
+    return [path for label, members in groups.items() for path in _spread(members, quota[label])]
+
+
 class _Flatten(nn.Module):
     """A feature extractor with (N, D) output, whatever pooling shape the backbone leaves."""
 
@@ -62,10 +80,11 @@ def export_all(model: nn.Module, *, out_dir: Path, **kwargs: Any) -> dict:
     """Export `model` into `out_dir` (see `_export_into` for the arguments); returns the manifest.
 
     The export is built in a hidden folder beside `out_dir` and replaces it only once complete, so a crash
-    or an interrupt keeps the previous export whole.
+    or an interrupt keeps the previous export whole; the previous export's artifacts of other formats are
+    carried over (keep.py).
     """
     with staged_folder(Path(out_dir)) as work:
-        manifest = _export_into(model, out_dir=work, **kwargs)
+        manifest = _export_into(model, out_dir=work, previous=Path(out_dir), **kwargs)
     if manifest["errors"]:
         log.error(
             "export finished with %d error(s); see %s", len(manifest["errors"]), Path(out_dir) / MANIFEST_NAME
@@ -86,6 +105,8 @@ def _export_into(
     headless: nn.Module | None = None,
     head: nn.Module | None = None,
     train_samples: Sequence[tuple[str, int]] = (),
+    checkpoint: dict[str, str] | None = None,
+    previous: Path | None = None,
 ) -> dict:
     """Export `model` in every configured format to `out_dir`, verify each, and write manifest.json.
 
@@ -94,12 +115,20 @@ def _export_into(
     training images for int8 calibration; `provenance` (backbone, dataset, val metrics, config hash, ...) goes
     into the Core ML models, the manifest and the model card.
     `headless` (the model without its head), `head` and the labelled `train_samples` feed the feature
-    extractor and UpdatableClassifier exports (`export.headless`, `export.updatable`).
+    extractor and UpdatableClassifier exports (`export.headless`, `export.updatable`). `checkpoint` (path and
+    sha256, keep.py) is recorded in every entry; with it, `previous` export's other formats are kept.
     Returns the manifest. Failed formats are listed in its `errors` (never raised): exit non-zero on them.
     Raises ValueError for an invalid `cfg` before anything is written.
     """
     settings = cfg if isinstance(cfg, ExportSettings) else ExportSettings.from_config(cfg)
     settings.on_device.check_data(settings.updatable, classes, [label for _, label in train_samples])
+    carried = (
+        artifacts_to_keep(
+            previous, settings.formats, list(classes), checkpoint, settings.keep_other_checkpoints
+        )
+        if previous
+        else []
+    )
     model = copy.deepcopy(model).cpu().eval()
     image_size, mean, std = data_config.size, data_config.mean, data_config.std
 
@@ -118,13 +147,21 @@ def _export_into(
         example=torch.from_numpy(inputs[:1]) if len(inputs) else torch.randn(1, 3, image_size, image_size),
         model_metadata=ArtifactMetadata.build(classes, data_config, provenance, settings).to_dict(),
         read_calibration=lambda: load_inputs(
-            _spread(calibration_paths, settings.onnx.calibration_images), data_config
+            calibration_draw(calibration_paths, dict(train_samples), settings.calibration.images), data_config
         )[0],
         threads=torch.get_num_threads(),
         val_paths=[samples[i][0] for i in kept],
     )
     if not len(inputs):
         job.warnings.append("no readable val images: the artifacts were exported but not verified")
+    elif not np.isfinite(job.reference).all():  # argmax of NaN agrees with itself: every gate would pass
+        job.fail(
+            "PyTorch reference",
+            [
+                "the model's own outputs on the val images are NaN or infinite, so no artifact can be "
+                "checked: its weights are broken (did training diverge? lower optim.lr)"
+            ],
+        )
 
     chosen = export_formats(job)
     if settings.headless:
@@ -134,6 +171,11 @@ def _export_into(
         from trainer.export.updatable.export import export_updatable
 
         updatable = export_updatable(job, headless=headless, head=head, train_samples=train_samples)
+    for entry in job.artifacts:
+        entry["checkpoint"] = checkpoint["sha256"] if checkpoint else None
+    if carried and previous:
+        copy_kept(previous, out_dir, carried)
+        job.artifacts.extend(carried)
 
     manifest: dict[str, Any] = {
         "classes": list(classes),
@@ -146,6 +188,7 @@ def _export_into(
         "license": settings.license,
         "version": settings.version,
         "metadata": provenance,
+        "checkpoint": checkpoint,
         "val_images": len(inputs),
         "unreadable_images": unreadable,
         "pytorch_val_top1": top1(job.reference, job.labels),

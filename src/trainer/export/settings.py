@@ -101,6 +101,10 @@ class OnDeviceSettings:
             )
 
 
+# onnxruntime.quantization.CalibrationMethod members by the names export.onnx.calibration_method takes
+ONNX_CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
 @dataclass
 class TorchscriptSettings:
     lite: bool = MISSING
@@ -110,7 +114,14 @@ class TorchscriptSettings:
 class OnnxSettings:
     opset: int | None = MISSING
     int8: bool = MISSING
-    calibration_images: int = MISSING
+    calibration_method: str = MISSING
+    keep_float: list[str] = MISSING
+    calibration_images: int | None = None  # renamed export.calibration.images: set, it stops the run
+
+
+@dataclass
+class CalibrationSettings:
+    images: int = MISSING
 
 
 @dataclass
@@ -151,9 +162,11 @@ class ExportSettings:
     formats: list[str] = MISSING
     torchscript: TorchscriptSettings = MISSING
     onnx: OnnxSettings = MISSING
+    calibration: CalibrationSettings = MISSING
     coreml: CoremlSettings = MISSING
     litert: LitertSettings = MISSING
     executorch: ExecutorchSettings = MISSING
+    min_agreement: float = MISSING
     headless: bool = MISSING
     updatable: str | None = MISSING
     on_device: OnDeviceSettings = MISSING
@@ -163,6 +176,7 @@ class ExportSettings:
     license: str | None = MISSING
     version: str | None = MISSING
     description: str = MISSING
+    keep_other_checkpoints: bool = False  # a default: configs saved in older checkpoints lack it
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> ExportSettings:
@@ -180,6 +194,11 @@ class ExportSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
+        if self.enabled and not self.formats:
+            raise ValueError(
+                "export.formats=[] exports nothing: list formats, e.g. export.formats=[onnx], or turn the "
+                "export off with export.enabled=false"
+            )
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ValueError(unknown_formats_message(unknown))
@@ -200,14 +219,33 @@ class ExportSettings:
             deployment_target(self.coreml.minimum_deployment_target)
         if self.latency.runs < 1 or self.latency.warmup < 0:
             raise ValueError("export.latency: runs must be >= 1 and warmup >= 0")
-        if self.onnx.calibration_images < 1:
-            raise ValueError("export.onnx.calibration_images must be >= 1")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(
+                f"export.min_agreement={self.min_agreement}: a share of val photos, between 0 and 1 "
+                "(e.g. 0.95: a quantized copy must pick fp32 PyTorch's class on 95% of them)"
+            )
+        self._validate_int8()
         if self.updatable is not None and self.updatable not in UPDATABLE_KINDS:
             raise ValueError(
                 f"export.updatable: unknown '{self.updatable}'; choose from null (none), "
                 f"{', '.join(UPDATABLE_KINDS)}"
             )
         self.on_device.validate()
+
+    def _validate_int8(self) -> None:
+        """The int8 calibration settings (export.calibration, export.onnx)."""
+        if self.onnx.calibration_images is not None:
+            raise ValueError(
+                "export.onnx.calibration_images was renamed export.calibration.images (it calibrates every "
+                f"int8 format, not only ONNX): use export.calibration.images={self.onnx.calibration_images}"
+            )
+        if self.calibration.images < 1:
+            raise ValueError(f"export.calibration.images={self.calibration.images} must be >= 1 (e.g. 64)")
+        if self.onnx.calibration_method not in ONNX_CALIBRATION_METHODS:
+            raise ValueError(
+                f"export.onnx.calibration_method: unknown '{self.onnx.calibration_method}'; choose from "
+                f"{', '.join(ONNX_CALIBRATION_METHODS)}"
+            )
 
 
 def register_schema() -> None:

@@ -121,6 +121,35 @@ def changed_answers(
     ]  # fmt: skip
 
 
+def agreement_gate(stats: dict[str, Any], min_agreement: float) -> dict[str, Any] | None:
+    """A quantized copy's agreement gate: the share of val photos on which it picks fp32 PyTorch's class
+    must be at least `min_agreement` (export.min_agreement). Top-1 alone hides a copy whose losses and gains
+    cancel; agreement is how often the phone answers differently from the evaluation. The top-1 drop and
+    its sign-test p are kept beside it (None: not a classifier, or nothing measured)."""
+    agreement = stats.get("top1_agreement")
+    if agreement is None:
+        return None
+    against = "_vs_pytorch" if stats.get("top1_drop_vs_pytorch") is not None else ""  # Core ML: no fp32 file
+    return {
+        "rule": f"top1_agreement >= {min_agreement}",
+        "value": round(float(agreement), 4),
+        "passed": bool(agreement >= min_agreement),
+        "top1_drop": stats.get(f"top1_drop{against or '_vs_fp32'}"),
+        "top1_drop_p_value": stats.get(f"top1_drop_p_value{against}"),
+    }
+
+
+def different_answers(check: dict[str, Any]) -> str:
+    """The agreement gate in the words a user needs, with the top-1 sign test's view beside it."""
+    share = 100 * (1 - check["value"])
+    text = f"the phone gives a different answer than the evaluation on {share:.1f}% of photos"
+    drop, p_value = check.get("top1_drop"), check.get("top1_drop_p_value")
+    if drop is not None and p_value is not None:
+        chance = "more than chance" if drop > 0 and p_value < SIGNIFICANCE else "within chance"
+        text += f" (top-1 {0.0 - drop:+.2f} points vs fp32, {chance}: sign-test p {p_value})"
+    return text
+
+
 def drop_gate(
     metric: str, drop: float, limit: float, p_value: float | None, on_failure: str
 ) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def replace_head(model: nn.Module, head_name: str, num_classes: int, dropout: fl
     setattr(parent, attr, new)
 
 
-def build_classifier(cfg: Mapping[str, Any], num_classes: int) -> Classifier:
+def build_classifier(cfg: Mapping[str, Any], num_classes: int, *, restoring: bool = False) -> Classifier:
     """Build `cfg` (the `model` config node) with a fresh `num_classes` head and the requested weights."""
     family = model_family(cfg)
     model, state, source = family.build()
@@ -88,7 +88,7 @@ def build_classifier(cfg: Mapping[str, Any], num_classes: int) -> Classifier:
     elif family.pretrained is True:
         loaded = sum(1 for k in model.state_dict() if not k.startswith(head_name))
         log.info("Loaded %d backbone tensors from %s", loaded, source)
-    else:
+    elif not restoring:  # weights about to come from a checkpoint (export, resume) are not "from scratch"
         log.warning("Training %s from scratch (model.pretrained=false)", family.name)
     if hasattr(model, "reset_classifier"):  # timm models know their own head
         model.reset_classifier(num_classes)

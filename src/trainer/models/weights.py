@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainer.utils.files import check_zip_sizes
+
 log = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
@@ -33,6 +35,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
+            check_zip_sizes(path)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise PretrainedWeightsError(

@@ -11,6 +11,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import get_ema_avg_fn
 
+from trainer.training.linear_probe import LinearProbeHead
 from trainer.utils.files import atomic_output, write_json
 
 
@@ -31,19 +32,29 @@ class FinetuneSchedule(L.Callback):
 
     Frozen BatchNorm layers are kept in eval mode so they use the pretrained running statistics, which is
     what the head will see at inference time (Lightning's BaseFinetuning switches them to batch statistics).
+    `freeze_bn="probed"` freezes them when the run starts from a head fitted by the linear probe: that head
+    was fitted on features under the pretrained statistics, and statistics re-estimated from augmented train
+    batches moved the features under it (val top-1 fell from the first epoch to the last on all 8 suite sets,
+    docs/recipes.md).
     """
 
-    def __init__(self, freeze_epochs: int = 0, freeze_bn: bool = False) -> None:
+    def __init__(self, freeze_epochs: int = 0, freeze_bn: bool | str = False) -> None:
         self.freeze_epochs = int(freeze_epochs)
-        self.freeze_bn = bool(freeze_bn)
+        self.freeze_bn = freeze_bn
 
-    def _apply(self, pl_module: L.LightningModule, epoch: int) -> None:
+    def bn_frozen(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        if self.freeze_bn != "probed":
+            return bool(self.freeze_bn)
+        probes = (c for c in trainer.callbacks if isinstance(c, LinearProbeHead))
+        return any(c.fits_head(trainer, pl_module) for c in probes)
+
+    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         head = {id(p) for p in pl_module.classifier.head_parameters()}
-        frozen = epoch < self.freeze_epochs
+        frozen = trainer.current_epoch < self.freeze_epochs
         for p in pl_module.model.parameters():
             if id(p) not in head:
                 p.requires_grad = not frozen
-        frozen_bn = frozen or self.freeze_bn
+        frozen_bn = frozen or self.bn_frozen(trainer, pl_module)
         for m in pl_module.model.modules():
             if isinstance(m, _BatchNorm) and not any(id(p) in head for p in m.parameters()):
                 m.train(not frozen_bn)  # Lightning keeps each module's mode across validation: set it back
@@ -51,11 +62,11 @@ class FinetuneSchedule(L.Callback):
                     p.requires_grad = not frozen_bn
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._apply(pl_module, trainer.current_epoch)
+        self._apply(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == 0:  # after a validation pass Lightning puts the model back in train mode
-            self._apply(pl_module, trainer.current_epoch)
+            self._apply(trainer, pl_module)
 
 
 class WeightEMA(WeightAveraging):

@@ -69,7 +69,9 @@ class ClassifierModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["classifier", "memory_format"], logger=False)
         if classifier is None:  # reloaded from a checkpoint, which holds every weight
-            classifier = build_classifier({**config["model"], "pretrained": False}, len(classes))
+            classifier = build_classifier(
+                {**config["model"], "pretrained": False}, len(classes), restoring=True
+            )
         self.classifier = classifier
         self.memory_format = memory_format
         # The final evaluation measures what ships: the fp32 model, outside bf16/fp16 autocast (train.py's

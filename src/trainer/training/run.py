@@ -36,11 +36,13 @@ from trainer.training.callbacks import (
     evaluation_results,
     write_evaluation,
 )
+from trainer.training.guards import SaveOnInterrupt, StopOnNonFiniteLoss, claim_run_folder
 from trainer.training.metrics import mai_score
 from trainer.training.module import ClassifierModule, run_record
 from trainer.training.speed import resolve_memory_format, resolve_precision
 from trainer.training.threads import apply_cpu_threads
 from trainer.utils.files import write_json
+from trainer.utils.signals import Interrupted, interrupts_say
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ def build_run(cfg: DictConfig, index: DatasetIndex | None = None) -> RunParts:
     """The run's objects from `cfg` (the dataset's `index` when already built and checked): used by
     training, scripts/benchmark_throughput.py and the tests, so they all train what train.py trains."""
     index = build_index(cfg.dataset) if index is None else index
-    classifier = build_classifier(cfg.model, index.num_classes)
+    classifier = build_classifier(cfg.model, index.num_classes, restoring=bool(cfg.get("ckpt_path")))
     data_config = DataConfig.resolve(classifier.data_config, int(cfg.dataset.image_size))
     datamodule = ImageDataModule.from_config(index, data_config, cfg)
     record = run_record(cfg, index.classes, data_config)
@@ -135,9 +137,10 @@ def build_trainer(
             "callbacks: a run needs a ModelCheckpoint with a monitor (callbacks.checkpoint) to keep its best"
         )
     settings = {"precision": resolve_precision(cfg.trainer), **cpu_overrides(cfg.trainer), **overrides}
+    guards = [SaveOnInterrupt(Path(run_dir) / "checkpoints"), StopOnNonFiniteLoss()]  # not optional
     trainer = instantiate(
         cfg.trainer,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *guards],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
@@ -153,6 +156,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resumed, settings = check_train_settings(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # rank 0 holds the folder until train() returns: a second train.py into it stops with one line
+    run_lock = claim_run_folder(run_dir, resumed is not None) if rank_zero_only.rank == 0 else None  # noqa: F841
     L.seed_everything(cfg.seed, workers=True)
     apply_cpu_threads(cfg)
 
@@ -182,7 +187,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer, throughput, checkpoints = build_trainer(cfg, run_dir)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except (KeyboardInterrupt, SystemExit, Interrupted):  # Lightning's ways out on SIGINT and SIGTERM
+        saver = next(c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt))
+        if saver.signum is None:
+            raise
+        raise saver.interrupted() from None
     train_seconds = time.perf_counter() - started
 
     best = checkpoints.best_model_path
@@ -231,7 +242,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("Trained: val top-1 %.4f (%s)", metrics["val_top1"], run_dir / "metrics.json")
     manifest = None
     if settings is not None:
-        manifest = export_trained(classifier, record, settings, run_dir / "export", index, metrics)
+        with interrupts_say("export", f"the model is trained: export it with scripts/export.py ckpt={best}"):
+            manifest = export_trained(
+                classifier, record, settings, run_dir / "export", index, metrics, checkpoint=best
+            )
         log.info("Exported %d artifacts to %s", len(manifest["artifacts"]), run_dir / "export")
         metrics.update(export_summary(manifest, metrics, cfg.dataset.get("mai_score", False)))
         write_json(run_dir / "metrics.json", metrics)

@@ -1,7 +1,8 @@
 """A folder of class subfolders: the user's own photos.
 
 Accepted layouts: ROOT/train/<class>/ with ROOT/val/<class>/, or ROOT/<class>/ only (then a seeded,
-stratified split takes `val_fraction` of each class). Class names are the folder names, unicode kept.
+stratified split takes `val_fraction` of each class). Class names are the folder names, unicode kept; names
+that cannot survive labels.txt and the generated code are refused (class_names.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from trainer.data.class_names import check_class_names
 from trainer.data.images import is_image_file
 from trainer.data.index import DatasetIndex, Sample
 
@@ -21,7 +23,8 @@ class DatasetLayoutError(ValueError):
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    """Every subfolder but hidden ones: `_background` is a class like any other."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _images_under(folder: Path) -> list[str]:
@@ -36,6 +39,7 @@ def _images_under(folder: Path) -> list[str]:
 def index_class_folders(folder: Path) -> dict[str, list[str]]:
     """Map class name -> image paths for every class subfolder of `folder`; empty classes are an error."""
     classes = _class_dirs(folder)
+    check_class_names([c.name for c in classes], folder)
     if not classes:
         raise DatasetLayoutError(
             f"{folder} has no class subfolders: put each class's images in {folder}/<class name>/"
@@ -50,7 +54,7 @@ def index_class_folders(folder: Path) -> dict[str, list[str]]:
     if empty:
         raise DatasetLayoutError(
             f"class folder(s) with no images in {folder}: {', '.join(empty)}. "
-            "Add images (jpg, png, bmp, webp, tiff, gif) or remove the folder."
+            "Add images (jpg, png, bmp, webp, tiff, gif, heic) or remove the folder."
         )
     return files
 

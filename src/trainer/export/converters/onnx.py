@@ -18,7 +18,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
@@ -26,7 +32,7 @@ from trainer.data.data_config import DataConfig
 from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
 from trainer.export.metadata import as_strings
-from trainer.export.settings import ExportSettings
+from trainer.export.settings import ONNX_CALIBRATION_METHODS, ExportSettings
 from trainer.export.verify import Predict
 from trainer.utils.files import TMP_PREFIX, atomic_output
 
@@ -34,7 +40,8 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 FORMAT = FORMATS["onnx"]
-INT8_RECIPE = "static QDQ: per-channel int8 weights (7-bit range), uint8 activations, min/max calibration"
+INT8_RECIPE = "static QDQ: per-channel int8 weights (7-bit range), uint8 activations"
+FLOAT_ROLES = {"first_conv": ("Conv",), "classifier": ("Gemm", "MatMul")}  # export.onnx.keep_float names
 
 
 def _export(
@@ -148,10 +155,36 @@ class _ArrayReader(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
+def float_nodes(model: onnx.ModelProto, keep_float: list[str]) -> list[str]:
+    """The node names export.onnx.keep_float asks to leave in float: `first_conv` (the graph's first Conv),
+    `classifier` (its last Gemm/MatMul), or node names of the prepared graph."""
+    names, nodes = [], list(model.graph.node)
+    for wanted in keep_float:
+        if wanted in FLOAT_ROLES:
+            matching = [n.name for n in nodes if n.op_type in FLOAT_ROLES[wanted]]
+            if matching:
+                names.append(matching[0] if wanted == "first_conv" else matching[-1])
+        elif any(n.name == wanted for n in nodes):
+            names.append(wanted)
+        else:
+            raise ValueError(
+                f"export.onnx.keep_float: no node '{wanted}' in the graph; use first_conv, classifier or one "
+                f"of its node names (e.g. {nodes[0].name if nodes else 'none'})"
+            )
+    return names
+
+
 def quantize_int8(
-    fp32_path: Path, path: Path, calibration: np.ndarray, *, metadata: Mapping[str, str] | None = None
-) -> None:
-    """Static int8 QDQ copy of an fp32 ONNX model, calibrated (min/max) on `calibration` images.
+    fp32_path: Path,
+    path: Path,
+    calibration: np.ndarray,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    method: str = "minmax",
+    keep_float: list[str] | None = None,
+) -> list[str]:
+    """Static int8 QDQ copy of an fp32 ONNX model, calibrated on `calibration` images by `method` (a key of
+    ONNX_CALIBRATION_METHODS) with the `keep_float` nodes left in float; returns those node names.
 
     Per-channel int8 weights, uint8 activations: ONNX Runtime's CPU recipe. Weights use 7 bits of range
     (reduce_range) so that x86 CPUs without VNNI cannot saturate u8 x s8 products; on ImageNet MobileNetV2
@@ -163,6 +196,7 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=TMP_PREFIX) as work:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
+        excluded = float_nodes(onnx.load(str(prepared)), keep_float or [])
         with atomic_output(path) as tmp:
             quantize_static(
                 str(prepared),
@@ -173,9 +207,12 @@ def quantize_int8(
                 reduce_range=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                calibrate_method=CalibrationMethod[ONNX_CALIBRATION_METHODS[method]],
             )
             _embed_metadata(tmp, metadata)
             onnx.checker.check_model(str(tmp))
+    return excluded
 
 
 def onnx_predictor(path: Path, threads: int) -> Predict:
@@ -205,13 +242,22 @@ def export(job: ExportJob) -> None:
         return
     with job.guard("onnx_int8"):
         int8_path = job.out_dir / FORMAT.file("int8")
-        quantize_int8(path, int8_path, job.calibration, metadata=metadata)
+        onnx_settings = job.settings.onnx
+        kept = quantize_int8(
+            path,
+            int8_path,
+            job.calibration,
+            metadata=metadata,
+            method=onnx_settings.calibration_method,
+            keep_float=onnx_settings.keep_float,
+        )
         entry = job.add(
             int8_path,
             format="onnx",
             precision="int8",
-            quantization=INT8_RECIPE,
+            quantization=f"{INT8_RECIPE}, {onnx_settings.calibration_method} calibration",
             calibration_images=len(job.calibration),
+            float_nodes=kept,
         )
         outputs = job.verify(entry, onnx_predictor(int8_path, job.threads), job.reference)
         job.compare_with_fp32("onnx_int8", entry, fp32_outputs, outputs)

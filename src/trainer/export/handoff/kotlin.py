@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.data.data_config import DataConfig
+from trainer.export.handoff.escape import kotlin_string
 from trainer.export.handoff.names import EXIFINTERFACE_DEPENDENCY, KOTLIN_NAME, LABELS_NAME, LITERT_DEPENDENCY
 from trainer.utils.files import write_text
 
@@ -99,7 +100,7 @@ import org.tensorflow.lite.Interpreter
  */
 class Classifier(
     context: Context,
-    modelAsset: String = "{model}",
+    modelAsset: String = {kotlin_string(model)},
     threads: Int = 4,
 ) : AutoCloseable {{
     data class Prediction(val label: String, val confidence: Float)

@@ -9,6 +9,7 @@ from typing import Any
 from trainer.data.data_config import DataConfig
 from trainer.export.handoff.android_card import android_usage, litert_preprocessing, mobile_inputs
 from trainer.export.handoff.confidence import accuracy_text
+from trainer.export.handoff.escape import markdown_text
 from trainer.export.handoff.names import (
     CARD_NAME,
     SIMULATION_NOTE,
@@ -19,6 +20,7 @@ from trainer.export.handoff.names import (
 )
 from trainer.export.handoff.not_sure import not_sure_section
 from trainer.export.manifest import ArtifactEntry
+from trainer.export.verify import different_answers
 from trainer.utils.files import write_text
 
 
@@ -104,6 +106,14 @@ def _gate_text(check: dict[str, Any] | None) -> str:
     return f"gate {check['rule']}: FAILED (measured {check['value']}{p_value}{warning})"
 
 
+def _agreement_text(check: dict[str, Any] | None) -> str:
+    """A smaller copy's agreement gate (verify.agreement_gate) in the words a user needs."""
+    if check is None:
+        return ""
+    verdict = "passed" if check["passed"] else "**FAILED**"
+    return f"; agreement gate {check['rule']}: {verdict}: {different_answers(check)}"
+
+
 def _coreml_checks(artifacts: list[ArtifactEntry], images: int) -> list[str]:
     """One line per measured Core ML classifier: its figures, drop against fp32 PyTorch, and gate."""
     measured = [
@@ -134,13 +144,13 @@ def model_card(manifest: dict[str, Any]) -> str:
         "",
         manifest["description"],
         "",
-        f"- Author: {manifest['author']}",
-        f"- License: {manifest['license']}",
+        f"- Author: {markdown_text(manifest['author'])}",
+        f"- License: {markdown_text(manifest['license'])}",
         f"- Version: {manifest['version']}",
         "",
         f"## Classes ({len(classes)})",
         "",
-        *[f"{i}. {c}" for i, c in enumerate(classes)],
+        *[f"{i}. {markdown_text(c)}" for i, c in enumerate(classes)],
         "",
         "`labels.txt` lists them in output order.",
         "",
@@ -202,7 +212,8 @@ def model_card(manifest: dict[str, Any]) -> str:
 
 def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
     """How each smaller copy fared on the val images: its top-1 drop against its own format's fp32 artifact
-    (Core ML: against fp32 PyTorch), and the verdict of the gate that ran on it."""
+    (Core ML: against fp32 PyTorch), the verdict of the gate that ran on it, and its agreement gate: how
+    often it answers differently from the fp32 PyTorch model."""
     lines = []
     for a in map(ArtifactEntry.from_dict, manifest["artifacts"]):
         if a.top1_drop_vs_fp32 is not None:
@@ -213,7 +224,7 @@ def _quantization_lines(manifest: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"- `{a.path}`: {drop:+.1f} points of val top-1 lost against {against}, top-1 agreement with it "
-            f"{_pct(agreement)}; {_gate_text(a.gate)}."
+            f"{_pct(agreement)}; {_gate_text(a.gate)}{_agreement_text(a.agreement_gate)}."
         )
     return ["## Quantization on these images", "", *lines, ""] if lines else []
 

@@ -186,6 +186,8 @@ def verify(
         job.fail(name, fp32_problems(name, stats, reference))
     stats["gate"] = gate(variant, stats)
     job.fail(name, gate_problem(name, stats["gate"]))
+    if labels is not None and variant not in ("fp32", "fp16"):
+        job.check_agreement(name, stats)
     try:
         check_runtime()
     except RuntimeUnavailable as exc:
