@@ -199,7 +199,15 @@ def test_every_artifact_exists_and_is_listed(exported: dict) -> None:
     for name in expected:
         assert (out / name).exists(), name
     try_page = [] if missing_reason() else ["try.html", "try_runtime"]  # with ONNX Runtime Web in the cache
-    assert manifest["handoff"] == ["labels.txt", "Classifier.swift", *try_page, "README.md"]
+    assert manifest["handoff"] == [
+        "golden.json",
+        "golden",
+        "labels.txt",
+        "Classifier.swift",
+        "ClassifierTests.swift",
+        *try_page,
+        "README.md",
+    ]
     assert all((out / name).exists() for name in manifest["handoff"])
     if not try_page:
         assert FETCH_COMMAND in next(s["reason"] for s in manifest["skipped"] if s["name"] == "try.html")
@@ -374,7 +382,10 @@ def test_every_coreml_variant_is_measured(exported: dict) -> None:
     assert agreement["passed"] == (palettized["top1_agreement"] >= 0.95)
     assert fp16["agreement_gate"] is None  # fp16 answers to its own agreement gate (99.5%)
     card = (out / "README.md").read_text()
-    assert "`ImageClassifier_int8.mlpackage`: val top-1" in card
+    drop = entry(manifest, "ImageClassifier_int8.mlpackage")["top1_drop_vs_pytorch"]
+    assert (  # one gate per artifact, stated once: the Core ML int8 line names its own 0.5-point gate
+        f"`ImageClassifier_int8.mlpackage`: {drop:+.1f} points of val top-1 lost against fp32 PyTorch"
+    ) in card
     assert "gate top1_drop_vs_pytorch <= 0.5 or sign-test p >= 0.05" in card
 
 
@@ -596,7 +607,8 @@ def test_reexport_without_a_known_checkpoint_keeps_nothing(tmp_path: Path) -> No
     assert second["errors"] == []
     names = sorted(p.name for p in (tmp_path / "export").iterdir())
     try_page = [] if missing_reason() else ["try.html", "try_runtime"]
-    assert names == sorted(["README.md", "labels.txt", "manifest.json", "model.onnx", *try_page])
+    expected = ["README.md", "golden", "golden.json", "labels.txt", "manifest.json", "model.onnx", *try_page]
+    assert names == sorted(expected)
 
 
 def test_reexport_keeps_other_formats_of_the_same_checkpoint_and_refuses_another(tmp_path: Path) -> None:

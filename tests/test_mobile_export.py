@@ -37,6 +37,7 @@ from trainer.data.transforms import eval_transform
 from trainer.export.converters import executorch as executorch_format
 from trainer.export.converters.litert import export as litert
 from trainer.export.converters.litert import flatbuffer as litert_flatbuffer
+from trainer.export.converters.litert import standard_metadata
 from trainer.export.formats import FORMATS, Format
 from trainer.export.job import MAX_INT8_TOP1_DROP, ExportJob
 from trainer.export.pipeline import export_all
@@ -92,8 +93,9 @@ def test_every_precision_is_exported_and_listed(exported: dict) -> None:
         "model.pte": ("executorch", "fp32"),
         "model_int8.pte": ("executorch", "int8"),
     }
-    assert manifest["handoff"] == ["labels.txt", "Classifier.kt", "README.md"]
-    assert all((out / name).is_file() for name in [*names, *manifest["handoff"]])
+    handoff = ["golden.json", "golden", "labels.txt", "Classifier.kt", "ClassifierTest.kt", "README.md"]
+    assert manifest["handoff"] == handoff
+    assert all((out / name).exists() for name in [*names, *manifest["handoff"]])
     assert json.loads((out / "manifest.json").read_text()) == manifest
 
 
@@ -172,7 +174,22 @@ def test_tflite_interface_and_metadata(exported: dict) -> None:
         logits = interpreter.get_tensor(logits_out["index"])
         if name == "model.tflite":
             np.testing.assert_allclose(logits, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max())))
-        metadata = litert_flatbuffer.read_metadata(exported["out"] / name)
+        path = exported["out"] / name
+        standard = standard_metadata.read(
+            path, litert_flatbuffer.metadata_buffer(path, litert_flatbuffer.STANDARD_NAME)
+        )
+        assert (
+            standard["labels"] == CLASSES
+            and standard["output"]["labels_type"] == standard_metadata.LABELS_FILE_TYPE
+        )
+        assert standard["input"] == {  # raw RGB pixels of the model's size: the normalization is in the graph
+            "name": "image",
+            "content": standard_metadata.IMAGE_PROPERTIES,
+            "color_space": standard_metadata.RGB,
+            "size": [SIZE, SIZE],
+            "normalization": {"mean": [0.0], "std": [1.0]},
+        }
+        metadata = litert_flatbuffer.read_metadata(path)
         assert (
             metadata["classes"] == CLASSES and metadata["mean"] == list(MEAN) and metadata["std"] == list(STD)
         )
@@ -194,9 +211,10 @@ def test_kotlin_snippet_and_card(exported: dict) -> None:
         "import org.tensorflow.lite.Interpreter",
         'modelAsset: String = "model.tflite"',
         "com.google.ai.edge.litert:litert:",
-        "Bitmap.createScaledBitmap(bitmap, width, height, true)",
+        "Bitmap.createScaledBitmap(scaled, width, height, true)",
         "* 72 / short",  # the eval Resize(72) of the shorter side
-        "rint((bitmap.width - 64) / 2.0)",  # then CenterCrop(64), offsets rounded like torchvision
+        "round((bitmap.width - 64) / 2.0)",  # then CenterCrop(64), offsets rounded half to even
+        "import kotlin.math.round",  # kotlin.math has no rint: test_handoff_code compiles the file
         "labels.txt",
         "Do NOT normalize",
         "bitmap.copy(Bitmap.Config.ARGB_8888, false)",  # getPixels throws on HARDWARE bitmaps
@@ -211,14 +229,15 @@ def test_kotlin_snippet_and_card(exported: dict) -> None:
         assert kotlin.count(opening) == kotlin.count(closing), opening + closing
     card = (out / "README.md").read_text()
     for text in [
-        "## Using it on Android",
+        "### Android (LiteRT)",
         "Classifier.kt",
         "NHWC",
         "## Quantization on these images",
         "Do NOT normalize them",
-        "plain bilinear without antialiasing",
+        "halves with a bilinear filter",
         "androidx.exifinterface:exifinterface:",
-        "classify(uri)",
+        "classifier.classify(uri)",
+        "minSdk 21",
     ]:
         assert text in card, text
     assert "`model_int8.tflite`" in card and "`model_int8.pte`" in card

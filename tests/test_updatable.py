@@ -23,7 +23,7 @@ from torch import nn
 from trainer.cli import compose_config
 from trainer.export.converters.coreml import neuralnetwork_executor as nn_executor
 from trainer.export.converters.coreml.convert import ImageNormalization
-from trainer.export.handoff.updatable_swift import SWIFT_NAME
+from trainer.export.handoff.updatable_swift import CLASS_NAME, SWIFT_NAME
 from trainer.export.pipeline import export_all
 from trainer.export.settings import ExportSettings
 from trainer.export.updatable import model as updatable
@@ -180,13 +180,15 @@ def test_swift_uses_the_spec_names(variant: str, request: pytest.FixtureRequest)
     for call in (
         "MLUpdateTask(",
         "MLModel.compileModel",
-        ".documentDirectory",
+        ".applicationSupportDirectory",
         "write(to:",
         "MLModel(contentsOf:",
     ):
         assert call in swift
     if variant == "knn":
         assert "never seen" in swift
+    export_id = spec.description.metadata.userDefined[constants["exportIdKey"]]
+    assert re.fullmatch(r"[0-9a-f]{16}", export_id), "the id the app compares to keep or drop its copy"
 
 
 @pytest.mark.parametrize("variant", ["knn", "head"])
@@ -304,8 +306,8 @@ def test_train_checks_the_setting_before_training(tmp_path: Path) -> None:
     reason="MLUpdateTask runs only on macOS with Xcode's Swift toolchain; this is " + sys.platform,
 )
 def test_real_update_task_on_macos(knn: dict, samples: tuple, tmp_path: Path) -> None:
-    """Compile UpdatableClassifier.swift with a small driver and run the real MLUpdateTask path: learn a new
-    label from three photos, save, reload from the folder, classify."""
+    """Compile PersonalizedClassifier.swift with a small driver and run the real MLUpdateTask path: learn a
+    new label from three photos, save, reload from the folder, classify."""
     model_path = knn["out"] / updatable.MODEL_NAME
     photos = [p for p, label in samples[1] if label == 0][:3]
     driver = tmp_path / "main.swift"
@@ -313,12 +315,13 @@ def test_real_update_task_on_macos(knn: dict, samples: tuple, tmp_path: Path) ->
         "import CoreGraphics\nimport Foundation\nimport ImageIO\n"
         "func load(_ p: String) -> CGImage { CGImageSourceCreateImageAtIndex("
         "CGImageSourceCreateWithURL(URL(fileURLWithPath: p) as CFURL, nil)!, 0, nil)! }\n"
-        f'let classifier = try UpdatableClassifier(bundled: URL(fileURLWithPath: "{model_path}"), '
+        f'let classifier = try {CLASS_NAME}(bundled: URL(fileURLWithPath: "{model_path}"), '
         f'folder: URL(fileURLWithPath: "{tmp_path}"))\n'
         "let photos = [" + ", ".join(f'"{p}"' for p in photos) + "].map(load)\n"
-        'try await classifier.update(with: photos.map { ($0, "my_new_class") })\n'
-        "print(try UpdatableClassifier(bundled: nil, folder: URL(fileURLWithPath: "
-        f'"{tmp_path}")).classify(photos[0]).label)\n'
+        'try await classifier.update(with: photos.map { ($0, .up, "my_new_class") })\n'
+        f"let reloaded = try {CLASS_NAME}(bundled: nil, folder: URL(fileURLWithPath: "
+        f'"{tmp_path}"))\n'
+        "print(try await reloaded.classify(photos[0], orientation: .up).label)\n"
     )
     binary = tmp_path / "driver"
     sources = [str(knn["out"] / SWIFT_NAME), str(driver)]

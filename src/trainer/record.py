@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from trainer.data.data_config import data_config_from_record
 from trainer.data.index import DatasetIndex, build_index
 from trainer.export.keep import checkpoint_identity
 from trainer.export.pipeline import export_all
-from trainer.export.settings import ExportSettings
+from trainer.export.settings import ExportSettings, run_description
 from trainer.models import Classifier, build_classifier, headless_copy
 from trainer.models.families import MobileNetV1Family, TimmFamily, TorchvisionFamily
 from trainer.reports.run_report.val_outputs import CONFIDENCE_KEYS
@@ -141,9 +142,14 @@ def export_trained(
     if index is None:  # from a checkpoint: the same dataset config finds the same images
         index = build_index(config.dataset)
     data_config = data_config_from_record(record)
+    pretrained = config.model.get("pretrained")
     provenance = {
         "backbone": config.model.name,
         "alpha": config.model.get("alpha"),
+        "pretrained": pretrained if isinstance(pretrained, str) else bool(pretrained),
+        "epochs": (metrics or {}).get("epochs"),
+        "train_images": len(index.train),
+        "image_size": data_config.size,
         "dataset": index.name,
         "config_hash": (metrics or {}).get("config_hash"),
         **{k: v for k, v in (metrics or {}).items() if k.startswith("val_") and v is not None},
@@ -151,6 +157,9 @@ def export_trained(
     }
     # Trained in channels_last and/or bf16 autocast or not, every format is made from fp32 NCHW weights.
     model = classifier.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
+    description = run_description(settings.description, pretrained)
+    if description != settings.description:
+        settings = dataclasses.replace(settings, description=description)
     return export_all(
         model,
         classes=list(record["classes"]),

@@ -22,6 +22,8 @@ from torch import nn
 
 from trainer.data.data_config import DataConfig
 from trainer.export.formats import FORMATS, Format
+from trainer.export.handoff.golden import GOLDEN_DIR, write_golden
+from trainer.export.handoff.golden_tests import write_kotlin_test, write_swift_tests
 from trainer.export.handoff.kotlin import write_kotlin
 from trainer.export.handoff.model_card import write_model_card
 from trainer.export.handoff.names import CARD_NAME, swift_package, tflite_model, write_labels
@@ -205,22 +207,30 @@ def _export_into(
         "handoff": [],
         "versions": {p: _version(p) for p in BASE_PACKAGES + [p for row in chosen for p in row.requires]},
     }
+    with job.guard("golden photos"):
+        golden = write_golden(out_dir, manifest, [samples[i][0] for i in kept], job.reference)
+        manifest["handoff"] += [golden, GOLDEN_DIR] if golden else []
     with job.guard("handoff files"):
         manifest["handoff"].append(write_labels(out_dir, classes))
         package = swift_package(job.artifacts)
         if package:
-            manifest["handoff"].append(write_swift(out_dir, package, data_config))
+            target = settings.coreml.minimum_deployment_target
+            manifest["handoff"].append(write_swift(out_dir, package, data_config, target))
+            if golden:
+                manifest["handoff"].append(write_swift_tests(out_dir, package, target))
         else:
             job.skip("Classifier.swift", "no Core ML classifier was exported")
         tflite = tflite_model(job.artifacts)
         if tflite:
             manifest["handoff"].append(write_kotlin(out_dir, tflite, data_config))
+            if golden:
+                manifest["handoff"].append(write_kotlin_test(out_dir))
         elif "litert" in settings.formats:
             job.skip("Classifier.kt", "no LiteRT classifier was exported")
         if updatable:
             from trainer.export.handoff.updatable_swift import write_updatable_swift
 
-            swift = write_updatable_swift(out_dir, settings.updatable, image_size, classes)
+            swift = write_updatable_swift(out_dir, settings.updatable, data_config, classes)
             manifest["handoff"].append(swift)
         page, reason = write_try_page(out_dir, manifest)
         if page:

@@ -26,6 +26,13 @@ from trainer.export.formats import FORMATS, unknown_formats_message
 
 UPDATABLE_KINDS = ("knn", "head")
 LICENSE_UNSET = "unspecified (set export.license)"
+PRETRAINED_DESCRIPTION = "Image classifier fine-tuned from an ImageNet backbone"  # conf/export/default.yaml
+SCRATCH_DESCRIPTION = "Image classifier trained from scratch (no pretrained weights)"  # when pretrained=false
+
+
+def run_description(description: str, pretrained: object) -> str:
+    """The default description claims an ImageNet backbone: a run from scratch gets one that does not."""
+    return SCRATCH_DESCRIPTION if description == PRETRAINED_DESCRIPTION and not pretrained else description
 
 
 def default_author() -> str:
@@ -194,10 +201,10 @@ class ExportSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
-        if self.enabled and not self.formats:
+        if self.enabled and not self.formats and self.updatable is None:
             raise ValueError(
-                "export.formats=[] exports nothing: list formats, e.g. export.formats=[onnx], or turn the "
-                "export off with export.enabled=false"
+                "export.formats=[] exports nothing: list formats, e.g. export.formats=[onnx], add "
+                "export.updatable=knn, or turn the export off with export.enabled=false"
             )
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:

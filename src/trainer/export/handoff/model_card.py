@@ -1,5 +1,6 @@
-"""The model card (README.md in the export folder): what each artifact is, how it was measured on the val
-images with which preprocessing, how to use it in an app, and how the quantized copies fared."""
+"""The model card (README.md in the export folder), in the order an app developer needs it: what stops a
+release, what to add and call (card_start.py), which variant to ship, then the figures, each labelled with
+where it was measured, then the details (classes, inputs, preprocessing, quantization, training)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.data_config import DataConfig
-from trainer.export.handoff.android_card import android_usage, litert_preprocessing, mobile_inputs
+from trainer.export.handoff.android_card import litert_preprocessing, mobile_inputs
+from trainer.export.handoff.card_start import android_start, ios_start, warnings, which_variant
 from trainer.export.handoff.confidence import accuracy_text
 from trainer.export.handoff.escape import markdown_text
+from trainer.export.handoff.golden import GOLDEN_JSON, TOLERANCE
 from trainer.export.handoff.names import (
     CARD_NAME,
+    LABELS_NAME,
     SIMULATION_NOTE,
     SWIFT_NAME,
     UPDATABLE_SWIFT_NAME,
@@ -35,8 +39,8 @@ def _pct(value: float | None) -> str:
 def _artifact_rows(manifest: dict[str, Any]) -> list[str]:
     rows = [
         "| file | format | precision | size | val top-1 (95% Wilson interval) | top-1 agreement with PyTorch "
-        "| latency (CPU, batch 1) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| latency on the export host's CPU, batch 1 (not a phone) | gate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for a in manifest["artifacts"]:
         latency = "n/a"
@@ -52,7 +56,7 @@ def _artifact_rows(manifest: dict[str, Any]) -> list[str]:
             agreement = _pct(a.get("top1_agreement"))
         rows.append(
             f"| `{a['path']}` | {a['format']} | {a['precision']} | {_size(a['size_bytes'])} | {top1} "
-            f"| {agreement} | {latency} |"
+            f"| {agreement} | {latency} | {_gate_text(a.get('gate')).split(' (')[0]} |"
         )
     return rows
 
@@ -64,7 +68,7 @@ def _preprocessing(prep: DataConfig, *, litert: bool) -> list[str]:
     else:
         region = f"the centred square of side {prep.crop_fraction:.4f} x the upright image's shorter side"
     return [
-        "## Preprocessing: the app does what was measured",
+        "### Preprocessing: the app does what was measured",
         "",
         "Every figure in this card was measured with one preprocessing, resolved from the backbone's data "
         "config when training started and stored in the checkpoint: the photo turned upright by its EXIF "
@@ -83,16 +87,6 @@ def _preprocessing(prep: DataConfig, *, litert: bool) -> list[str]:
         *(litert_preprocessing(prep) if litert else []),
         "",
     ]
-
-
-def _trained(meta: dict[str, Any]) -> list[str]:
-    """The run's metadata, its accuracies with their interval on the run's val images."""
-    lines = []
-    for key, value in meta.items():
-        if key in ("val_top1", "val_top3", "val_top5") and isinstance(value, float):
-            value = accuracy_text(value, meta.get("val_images"))
-        lines.append(f"- {key}: {value}")
-    return lines
 
 
 def _gate_text(check: dict[str, Any] | None) -> str:
@@ -114,47 +108,64 @@ def _agreement_text(check: dict[str, Any] | None) -> str:
     return f"; agreement gate {check['rule']}: {verdict}: {different_answers(check)}"
 
 
-def _coreml_checks(artifacts: list[ArtifactEntry], images: int) -> list[str]:
-    """One line per measured Core ML classifier: its figures, drop against fp32 PyTorch, and gate."""
-    measured = [
-        a for a in artifacts if a.format == "coreml" and a.kind == "classifier" and a.figures.get("runtime")
-    ]
-    if not measured:
-        return []
-    lines = ["", f"Core ML packages measured with the {measured[0].figures['runtime']}:", ""]
-    for a in measured:
-        drop = a.top1_drop_vs_pytorch
-        lines.append(
-            f"- `{a.path}`: val top-1 {accuracy_text(a.val_top1, images)}, "
-            f"agreement {_pct(a.top1_agreement)}, "
-            f"drop vs fp32 PyTorch {'n/a' if drop is None else f'{drop:+.2f} pt'}; {_gate_text(a.gate)}"
-        )
-    return lines
-
-
 def model_card(manifest: dict[str, Any]) -> str:
     """README.md for app developers, written from the manifest so the two never disagree."""
     classes, size = manifest["classes"], manifest["image_size"]
     prep = DataConfig.from_dict(manifest["preprocess"])
     meta = manifest.get("metadata", {})
     reasons = sorted({a["reason"] for a in manifest["artifacts"] if a.get("reason")})
-    tflite = tflite_model(manifest["artifacts"])
+    package, tflite = swift_package(manifest["artifacts"]), tflite_model(manifest["artifacts"])
     lines = [
-        f"# {meta.get('backbone', 'Image')} classifier",
+        f"# {meta.get('backbone', 'Image')} classifier: {len(classes)} classes",
         "",
         manifest["description"],
+        "",
+        *warnings(manifest),
+        "## Add it to your app",
+        "",
+        *(ios_start(manifest, package) if package else []),
+        *(android_start(tflite) if tflite else []),
+        *([] if package or tflite else ["No Core ML or LiteRT classifier was exported: see below.", ""]),
+        *which_variant(manifest, package, tflite),
+        "## Figures",
+        "",
+        f"Measured on this export's host, not on a phone: {manifest['val_images']} validation images, CPU "
+        f"latency with {manifest.get('threads') or '?'} thread(s). PyTorch itself scores "
+        f"{accuracy_text(manifest['pytorch_val_top1'], manifest['val_images'])} top-1 on them. Core ML does "
+        "not run on Linux: where the runtime below says so, its packages were run by the reference executor "
+        "(their own ops and fp16 rounding), so their latency is n/a.",
+        "",
+        *_artifact_rows(manifest),
+        "",
+        *[f"n/a: {r}." for r in reasons],
+    ]
+    if manifest["skipped"]:
+        lines += ["", "Not produced:", "", *[f"- {s['name']}: {s['reason']}" for s in manifest["skipped"]]]
+    if manifest["errors"]:
+        errors = [f"- {e['artifact']}: {e['error']}" for e in manifest["errors"]]
+        lines += ["", "**Export errors:**", "", *errors]
+    lines += [
+        "",
+        *not_sure_section(meta),
+        *_quantization_lines(manifest),
+        *_updatable_section(manifest),
+        "## Details",
         "",
         f"- Author: {markdown_text(manifest['author'])}",
         f"- License: {markdown_text(manifest['license'])}",
         f"- Version: {manifest['version']}",
+        f"- Golden photos (`{GOLDEN_JSON}`): the cases that break apps (landscape, portrait, EXIF-rotated, "
+        "non-square, a near-tie) with each artifact's probabilities measured here; the generated tests allow "
+        f"{TOLERANCE} per probability, since the phones resample with their own filters.",
         "",
-        f"## Classes ({len(classes)})",
+        f"### Classes ({len(classes)})",
         "",
         *[f"{i}. {markdown_text(c)}" for i, c in enumerate(classes)],
         "",
-        "`labels.txt` lists them in output order.",
+        f"`{LABELS_NAME}` lists them in output order; the app code reads it (or the model's labels) at run "
+        "time.",
         "",
-        "## Input",
+        "### Input",
         "",
         f"- **Core ML** (`.mlpackage`): an RGB image of {size}x{size} pixels, raw 0-255 values: the "
         "normalization is built into the model. Outputs `classLabel` (best class) and `classLabel_probs` "
@@ -165,49 +176,45 @@ def model_card(manifest: dict[str, Any]) -> str:
         *mobile_inputs(manifest),
         "",
         *_preprocessing(prep, litert=tflite is not None),
-        "## Artifacts",
+        "### How it was trained",
         "",
-        f"Measured on {manifest['val_images']} validation images; PyTorch itself scores "
-        f"{accuracy_text(manifest['pytorch_val_top1'], manifest['val_images'])} top-1 on them.",
-        "",
-        *_artifact_rows(manifest),
-        "",
-        *[f"n/a: {r}." for r in reasons],
-        *_coreml_checks([ArtifactEntry.from_dict(a) for a in manifest["artifacts"]], manifest["val_images"]),
-    ]
-    if manifest["skipped"]:
-        lines += ["", "Not produced:", "", *[f"- {s['name']}: {s['reason']}" for s in manifest["skipped"]]]
-    if manifest["errors"]:
-        lines += [
-            "",
-            "**Export errors:**",
-            "",
-            *[f"- {e['artifact']}: {e['error']}" for e in manifest["errors"]],
-        ]
-    lines += [
-        "",
-        "## How it was trained",
-        "",
-        *_trained(meta),
+        *trained_lines(meta),
         "",
     ]
-    lines += not_sure_section(meta)
-    lines += _quantization_lines(manifest)
-    lines += _updatable_section(manifest)
-    package = swift_package(manifest["artifacts"])
     if package:
         lines += [
-            "## Using it in an app",
-            "",
-            f"Add `{package}` to your Xcode target and `{SWIFT_NAME}` to your sources, then "
-            "`try Classifier().classify(contentsOf: url)` (or `classify(uiImage)`, or "
-            "`classify(cgImage, orientation:)`) returns the top classes with confidences. "
-            "Xcode's model preview accepts dragged-in photos, but crops them its own way.",
+            f"Xcode's model preview accepts dragged-in photos, but crops them its own way; `{SWIFT_NAME}` "
+            "crops as measured.",
             "",
         ]
-    if tflite:
-        lines += android_usage(tflite)
     return "\n".join(lines)
+
+
+def trained_lines(meta: dict[str, Any]) -> list[str]:
+    """How the model was trained (start, epochs, images, size) first, then the rest of the run's metadata
+    with its accuracies' intervals."""
+    pretrained = meta.get("pretrained")
+    start = (
+        "from scratch (no pretrained weights)"
+        if pretrained is False
+        else "from ImageNet-pretrained weights"
+        if pretrained is True
+        else f"from the weights in {pretrained}"
+        if pretrained
+        else "unknown start (not recorded)"
+    )
+    lines = [
+        f"- {meta.get('backbone', 'model')} trained {start}, {meta.get('epochs', '?')} epoch(s) on "
+        f"{meta.get('train_images', '?')} training images at {meta.get('image_size', '?')} px.",
+    ]
+    shown = {"pretrained", "epochs", "train_images", "image_size", "backbone"}
+    for key, value in meta.items():
+        if key in shown:
+            continue
+        if key in ("val_top1", "val_top3", "val_top5") and isinstance(value, float):
+            value = accuracy_text(value, meta.get("val_images"))
+        lines.append(f"- {key}: {value}")
+    return lines
 
 
 def _quantization_lines(manifest: dict[str, Any]) -> list[str]:

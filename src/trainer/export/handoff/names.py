@@ -1,6 +1,6 @@
 """What app developers receive beside the models, and how they are named: labels.txt, the model card
 (README.md, model_card.py), Classifier.swift (Core ML through Vision, swift.py), Classifier.kt (LiteRT on
-Android, kotlin.py) and UpdatableClassifier.swift (updatable_swift.py)."""
+Android, kotlin.py) and PersonalizedClassifier.swift (updatable_swift.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ LABELS_NAME = "labels.txt"
 CARD_NAME = "README.md"
 SWIFT_NAME = "Classifier.swift"
 KOTLIN_NAME = "Classifier.kt"
+KOTLIN_TEST_NAME = "ClassifierTest.kt"  # Android instrumented test of the golden photos (golden_tests.py)
+SWIFT_TEST_NAME = "ClassifierTests.swift"  # XCTest of the golden photos
+KOTLIN_PACKAGE = "com.example.classifier"  # the generated files' package: the developer moves them to theirs
 LITERT_DEPENDENCY = "com.google.ai.edge.litert:litert:1.4.1"  # the Interpreter API, minSdk 21
 EXIFINTERFACE_DEPENDENCY = "androidx.exifinterface:exifinterface:1.3.7"  # EXIF orientation below API 28
-UPDATABLE_SWIFT_NAME = "UpdatableClassifier.swift"
+UPDATABLE_SWIFT_NAME = "PersonalizedClassifier.swift"  # not the Xcode-generated UpdatableClassifier.swift
 SIMULATION_NOTE = "the extractor's layers from the spec, then the k-NN rule or SGD step in numpy"
 
 

@@ -17,6 +17,7 @@ Inference inputs: `image`. Training inputs (what MLUpdateTask's batch provides):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import warnings
@@ -46,6 +47,7 @@ from trainer.export.settings import ExportSettings
 from trainer.utils.files import atomic_output
 
 MODEL_NAME = "UpdatableClassifier.mlmodel"
+EXPORT_ID_KEY = "export_id"  # user-defined metadata: which export the bundled model came from
 LOGITS = "logits"
 LOSS_LAYER = "loss"
 HEAD_LAYER = "head"
@@ -204,6 +206,9 @@ def save(
     meta.shortDescription = f"Updatable ({kind}) {settings.description}"
     for key, value in {**model_metadata, "updatable": kind}.items():
         meta.userDefined[key] = value if isinstance(value, str) else json.dumps(value)
+    # Which export this is: the app keeps an updated copy only while the bundled model has the same id, so
+    # an app update that ships a retrained model replaces the old personalized one.
+    meta.userDefined[EXPORT_ID_KEY] = hashlib.sha256(spec.SerializeToString()).hexdigest()[:16]
     notes = {
         INPUT_NAME: "RGB image, raw pixels (normalization is built into the model)",
         LABEL_OUTPUT: "Most likely class (for training: the true label of the image)",

@@ -7,7 +7,8 @@ model, as in Core ML. Output: (1, classes) logits. fp16 stores the weights as fl
 the CPU, used as is by the GPU delegate); int8 is full-integer post-training quantization (int8 weights per
 channel and activations, min/max calibrated on training images) with QUANTIZE / DEQUANTIZE ops added at the
 ends, so its input and output stay float32 and the app code is the same for all three. The classes, mean/std
-and the input layout are stored in the model's metadata (entry `trainer`, JSON: flatbuffer.py).
+and the input layout are stored in the model's metadata (entry `trainer`, JSON: flatbuffer.py), and the
+standard TFLite Metadata with labels.txt packed in (standard_metadata.py) for Android's metadata readers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.export.converters.litert import standard_metadata
 from trainer.export.converters.litert.flatbuffer import float_io, signature, with_metadata
 from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
@@ -216,8 +218,19 @@ def _quiet(what: str) -> Iterator[None]:
 
 
 def _write(job: ExportJob, path: Path, model_bytes: bytes, entry: dict[str, Any]) -> None:
+    """The model with our JSON metadata, the standard TFLite Metadata and labels.txt packed in."""
+    settings = job.settings
+    standard = standard_metadata.build(
+        name=f"{job.model_metadata.get('backbone', 'image')} classifier ({entry['precision']})",
+        description=settings.description,
+        version=str(settings.version),
+        author=settings.author,
+        license=settings.license,
+        size=job.image_size,
+    )
     with atomic_output(path) as tmp:
-        tmp.write_bytes(with_metadata(model_bytes, _metadata(job, entry)))
+        model = with_metadata(model_bytes, _metadata(job, entry), standard)
+        tmp.write_bytes(model + standard_metadata.labels_zip(job.classes))
 
 
 def _rewrite_measured(job: ExportJob, entry: dict[str, Any], path: Path, model_bytes: bytes) -> None:

@@ -11,6 +11,8 @@ import numpy as np
 
 from trainer.export.metadata import METADATA_NAME
 
+STANDARD_NAME = "TFLITE_METADATA"  # standard_metadata.py's entry, read by Android's metadata libraries
+
 
 def signature(model_bytes: bytes) -> dict[str, tuple[str, str]]:
     """Signature name -> (its one input name, its one output name)."""
@@ -98,24 +100,36 @@ def _pack(model: Any) -> bytes:
     return bytes(builder.Output())
 
 
-def with_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> bytes:
-    """The model with `metadata` as JSON under METADATA_NAME (replacing an earlier entry of that name)."""
+def with_metadata(model_bytes: bytes, metadata: dict[str, Any], standard: bytes | None = None) -> bytes:
+    """The model with `metadata` as JSON under METADATA_NAME and, when given, `standard` (a TFLite
+    ModelMetadata flatbuffer) under standard_metadata.NAME, replacing earlier entries of those names."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = _unpack(model_bytes)
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(json.dumps(metadata, default=str).encode(), dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name, entry.buffer = METADATA_NAME.encode(), len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name != entry.name] + [entry]
+    entries = {METADATA_NAME: json.dumps(metadata, default=str).encode()}
+    if standard is not None:
+        entries[STANDARD_NAME] = standard
+    kept = [m for m in (model.metadata or []) if m.name.decode() not in entries]
+    for name, data in entries.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(data, dtype=np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = name.encode(), len(model.buffers) - 1
+        kept.append(entry)
+    model.metadata = kept
     return _pack(model)
+
+
+def metadata_buffer(path: Path, name: str) -> bytes:
+    """The bytes of the model's metadata entry `name` (KeyError when it has none)."""
+    model = _unpack(path.read_bytes())
+    for entry in model.metadata or []:
+        if entry.name.decode() == name:
+            return bytes(model.buffers[entry.buffer].data)
+    raise KeyError(f"{path} has no '{name}' metadata")
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """The JSON this export stores in a .tflite's metadata (classes, mean, std, input layout)."""
-    model = _unpack(path.read_bytes())
-    for entry in model.metadata or []:
-        if entry.name.decode() == METADATA_NAME:
-            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
-    raise KeyError(f"{path} has no '{METADATA_NAME}' metadata")
+    return json.loads(metadata_buffer(path, METADATA_NAME).decode())
