@@ -64,6 +64,7 @@ def test_demo_job_output_is_short_and_ends_with_the_summary(tmp_path: Path) -> N
     for entry in manifest["artifacts"]:
         assert "passed" in rows[entry["name"]], rows
     assert f"run folder {run_dir}" in summary and f"model card {run_dir / 'export' / 'README.md'}" in summary
+    assert lines[-1] == f"  run report {run_dir / 'report.html'} (open in a browser)"
     log_file = next(run_dir.glob("*.log")).read_text()  # Hydra job log
     assert "[coremltools][INFO]" in log_file and "[lightning" in log_file  # the file keeps everything
 

@@ -40,6 +40,7 @@ from trainer.export.converters.coreml import target as coreml_target
 from trainer.export.converters.coreml.gates import RUNTIME
 from trainer.export.converters.torchscript import lite_unavailable_reason
 from trainer.export.handoff.names import xcode_class_name
+from trainer.export.handoff.try_page.runtime import FETCH_COMMAND, missing_reason
 from trainer.export.manifest import sha256, size_bytes
 from trainer.export.metadata import ArtifactMetadata, as_json
 from trainer.export.pipeline import export_all
@@ -197,15 +198,19 @@ def test_every_artifact_exists_and_is_listed(exported: dict) -> None:
     assert {a["name"] for a in manifest["artifacts"]} == expected
     for name in expected:
         assert (out / name).exists(), name
+    try_page = [] if missing_reason() else ["try.html", "try_runtime"]  # with ONNX Runtime Web in the cache
     assert manifest["handoff"] == [
         "golden.json",
         "golden",
         "labels.txt",
         "Classifier.swift",
         "ClassifierTests.swift",
+        *try_page,
         "README.md",
     ]
     assert all((out / name).exists() for name in manifest["handoff"])
+    if not try_page:
+        assert FETCH_COMMAND in next(s["reason"] for s in manifest["skipped"] if s["name"] == "try.html")
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
@@ -601,7 +606,9 @@ def test_reexport_without_a_known_checkpoint_keeps_nothing(tmp_path: Path) -> No
     second = small_export(tmp_path, export_config(formats=["onnx"], **{"onnx.int8": False}))
     assert second["errors"] == []
     names = sorted(p.name for p in (tmp_path / "export").iterdir())
-    assert names == ["README.md", "golden", "golden.json", "labels.txt", "manifest.json", "model.onnx"]
+    try_page = [] if missing_reason() else ["try.html", "try_runtime"]
+    expected = ["README.md", "golden", "golden.json", "labels.txt", "manifest.json", "model.onnx", *try_page]
+    assert names == sorted(expected)
 
 
 def test_reexport_keeps_other_formats_of_the_same_checkpoint_and_refuses_another(tmp_path: Path) -> None:

@@ -83,17 +83,24 @@ def export(cfg: DictConfig) -> None:
     """Export a checkpoint without retraining; exits 1 if any format failed (the others are kept)."""
     from trainer.checks import SettingError, check_export
     from trainer.console.summary import artifact_table
+    from trainer.data.data_config import data_config_from_record
     from trainer.export.manifest import MANIFEST_NAME, failure_message
     from trainer.record import export_trained, load_checkpoint
+    from trainer.reports.run_report.val_outputs import reapply_confidence
 
     def job(cfg: DictConfig) -> dict:
         if OmegaConf.is_missing(cfg, "ckpt"):
             raise SettingError("scripts/export.py needs ckpt=PATH, a run's checkpoints/best.ckpt")
         settings = check_export(cfg.export)
         classifier, record = load_checkpoint(cfg.ckpt)
-        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.ckpt).resolve().parents[1] / "export"
+        run_dir = Path(cfg.ckpt).resolve().parents[1]
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else run_dir / "export"
+        size = data_config_from_record(record).size
+        confidence = reapply_confidence(classifier.model, classifier.head_name, size, run_dir)
         with interrupts_say("export", EXPORT_KEPT):
-            manifest = export_trained(classifier, record, settings, out_dir, checkpoint=cfg.ckpt)
+            manifest = export_trained(
+                classifier, record, settings, out_dir, metrics=confidence, checkpoint=cfg.ckpt
+            )
         log.info("%s", "\n".join([f"Exported to {out_dir}", *artifact_table(manifest)]))
         if manifest["errors"]:
             raise RuntimeError(failure_message(manifest, out_dir / MANIFEST_NAME))

@@ -17,6 +17,7 @@ from trainer.export.pipeline import export_all
 from trainer.export.settings import ExportSettings, run_description
 from trainer.models import Classifier, build_classifier, headless_copy
 from trainer.models.families import MobileNetV1Family, TimmFamily, TorchvisionFamily
+from trainer.reports.run_report.val_outputs import CONFIDENCE_KEYS
 from trainer.utils.files import check_zip_sizes
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ def export_trained(
         "dataset": index.name,
         "config_hash": (metrics or {}).get("config_hash"),
         **{k: v for k, v in (metrics or {}).items() if k.startswith("val_") and v is not None},
+        **{k: (metrics or {})[k] for k in CONFIDENCE_KEYS if (metrics or {}).get(k) is not None},
     }
     # Trained in channels_last and/or bf16 autocast or not, every format is made from fp32 NCHW weights.
     model = classifier.model.cpu().float().to(memory_format=torch.contiguous_format).eval()

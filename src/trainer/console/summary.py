@@ -7,6 +7,7 @@ from typing import Any
 
 from trainer.console.table import text_table
 from trainer.export.handoff.names import CARD_NAME
+from trainer.reports.run_report.page import REPORT_NAME
 from trainer.reports.table import runtime_key
 
 MAX_CLASSES_SHOWN = 8
@@ -107,4 +108,6 @@ def run_summary(
     lines.append(f"  run folder {run_dir}")
     if manifest is not None and export_dir is not None and CARD_NAME in (manifest.get("handoff") or []):
         lines.append(f"  model card {export_dir / CARD_NAME}")
+    if (run_dir / REPORT_NAME).is_file():
+        lines.append(f"  run report {run_dir / REPORT_NAME} (open in a browser)")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from trainer.export.settings import ExportSettings
 from trainer.export.verify import (
     Predict,
     agreement_gate,
+    changed_answers,
     different_answers,
     drop_gate,
     evaluate,
@@ -51,6 +52,7 @@ class ExportJob:
     model_metadata: dict[str, Any]  # what goes into the models' own metadata
     read_calibration: Callable[[], np.ndarray]
     threads: int
+    val_paths: list[str] = field(default_factory=list)  # the image of each row of `inputs`
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -133,6 +135,7 @@ class ExportJob:
         entry["top1_agreement_vs_fp32"] = float((fp32.argmax(1) == outputs.argmax(1)).mean())
         entry["top1_drop_vs_fp32"] = round(100.0 * (fp32_top1 - own_top1), 3)
         entry.update(lost_and_gained(fp32, outputs, self.labels))
+        entry["answers_changed_vs_fp32"] = changed_answers(fp32, outputs, self.labels, self.val_paths)
         drop, p_value = entry["top1_drop_vs_fp32"], entry["top1_drop_p_value"]
         entry["gate"] = drop_gate("top1_drop_vs_fp32", drop, MAX_INT8_TOP1_DROP, p_value, "warning")
         if not entry["gate"]["passed"]:

@@ -28,6 +28,7 @@ from trainer.export.handoff.kotlin import write_kotlin
 from trainer.export.handoff.model_card import write_model_card
 from trainer.export.handoff.names import CARD_NAME, swift_package, tflite_model, write_labels
 from trainer.export.handoff.swift import write_swift
+from trainer.export.handoff.try_page import PAGE_NAME, RUNTIME_FOLDER, write_try_page
 from trainer.export.job import ExportJob
 from trainer.export.keep import artifacts_to_keep, copy_kept
 from trainer.export.manifest import MANIFEST_NAME, ArtifactEntry, staged_folder, write_manifest
@@ -151,6 +152,7 @@ def _export_into(
             calibration_draw(calibration_paths, dict(train_samples), settings.calibration.images), data_config
         )[0],
         threads=torch.get_num_threads(),
+        val_paths=[samples[i][0] for i in kept],
     )
     if not len(inputs):
         job.warnings.append("no readable val images: the artifacts were exported but not verified")
@@ -230,6 +232,11 @@ def _export_into(
 
             swift = write_updatable_swift(out_dir, settings.updatable, data_config, classes)
             manifest["handoff"].append(swift)
+        page, reason = write_try_page(out_dir, manifest)
+        if page:
+            manifest["handoff"] += [page, RUNTIME_FOLDER]
+        elif "onnx" in settings.formats:
+            job.skip(PAGE_NAME, reason or "")
         manifest["handoff"].append(CARD_NAME)
         write_model_card(out_dir, manifest)
     write_manifest(out_dir, manifest)

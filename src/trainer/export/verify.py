@@ -29,6 +29,7 @@ MIN_TOP1_AGREEMENT = 0.995  # fp32 artifacts must pick PyTorch's top-1 class on 
 FP32_RELATIVE_TOLERANCE = 1e-3  # ... and stay within this fraction of the largest |output| (at least 1)
 # A quantized copy's top-1 drop over its limit counts where the sign test's p-value is below this.
 SIGNIFICANCE = 0.05
+MAX_CHANGED_LISTED = 200  # images whose answer a quantized copy changed, listed in the manifest
 OWN_FIGURES = (
     "val_top1",
     "top1_agreement",
@@ -105,6 +106,19 @@ def lost_and_gained(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarr
     was_right, is_right = reference.argmax(1) == labels, outputs.argmax(1) == labels
     lost, gained = int((was_right & ~is_right).sum()), int((~was_right & is_right).sum())
     return {"top1_images_lost_gained": [lost, gained], "top1_drop_p_value": round(sign_test(lost, gained), 4)}
+
+
+def changed_answers(
+    reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray, paths: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The val images whose top-1 class differs between `reference` and `outputs` (at most
+    MAX_CHANGED_LISTED): what report.html shows for each quantized copy."""
+    changed = np.flatnonzero(reference.argmax(1) != outputs.argmax(1))[:MAX_CHANGED_LISTED]
+    return [
+        {"image": paths[i] if i < len(paths) else None, "label": int(labels[i]),
+         "fp32": int(reference[i].argmax()), "this": int(outputs[i].argmax())}
+        for i in changed
+    ]  # fmt: skip
 
 
 def agreement_gate(stats: dict[str, Any], min_agreement: float) -> dict[str, Any] | None:

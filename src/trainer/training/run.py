@@ -28,6 +28,8 @@ from trainer.data.scan import drop_bad_images
 from trainer.export.manifest import MANIFEST_NAME, failure_message
 from trainer.models import Classifier, build_classifier, count_macs, count_params
 from trainer.record import CheckpointError, export_trained, read_checkpoint
+from trainer.reports.run_report.page import write_run_report
+from trainer.reports.run_report.val_outputs import apply_confidence, val_outputs
 from trainer.training.callbacks import (
     AtomicCheckpointIO,
     ThroughputMeter,
@@ -234,6 +236,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "per_class_accuracy": evaluation["per_class_accuracy"],
         "config_hash": config_hash(cfg),
     }
+    outputs = val_outputs(model, index.val, run.data_config)
+    metrics.update(apply_confidence(model, classifier.head_name, outputs, image_size, run_dir))
     write_json(run_dir / "metrics.json", metrics)
     log.info("Trained: val top-1 %.4f (%s)", metrics["val_top1"], run_dir / "metrics.json")
     manifest = None
@@ -245,6 +249,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("Exported %d artifacts to %s", len(manifest["artifacts"]), run_dir / "export")
         metrics.update(export_summary(manifest, metrics, cfg.dataset.get("mai_score", False)))
         write_json(run_dir / "metrics.json", metrics)
+    write_run_report(
+        run_dir, metrics, index.classes, outputs, manifest, int(cfg.get("report_mistakes_per_class", 12))
+    )
     log.info("%s", run_summary(metrics, run_dir, run_dir / "export", manifest))
     if manifest is not None and manifest["errors"]:
         raise ExportError(failure_message(manifest, run_dir / "export" / MANIFEST_NAME))

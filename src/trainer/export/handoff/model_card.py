@@ -22,6 +22,7 @@ from trainer.export.handoff.names import (
     swift_package,
     tflite_model,
 )
+from trainer.export.handoff.not_sure import not_sure_section
 from trainer.export.manifest import ArtifactEntry
 from trainer.export.verify import different_answers
 from trainer.utils.files import write_text
@@ -145,6 +146,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         lines += ["", "**Export errors:**", "", *errors]
     lines += [
         "",
+        *not_sure_section(meta),
         *_quantization_lines(manifest),
         *_updatable_section(manifest),
         "## Details",
