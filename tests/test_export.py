@@ -39,6 +39,7 @@ from trainer.export.converters.coreml import spec as coreml_spec
 from trainer.export.converters.coreml import target as coreml_target
 from trainer.export.converters.coreml.gates import RUNTIME
 from trainer.export.converters.torchscript import lite_unavailable_reason
+from trainer.export.handoff.escape import markdown_text
 from trainer.export.handoff.names import xcode_class_name
 from trainer.export.handoff.try_page.runtime import FETCH_COMMAND, missing_reason
 from trainer.export.manifest import sha256, size_bytes
@@ -463,8 +464,14 @@ def test_handoff_files(exported: dict) -> None:
     out, manifest = exported["out"], exported["manifest"]
     assert (out / "labels.txt").read_text().splitlines() == CLASSES
     card = (out / "README.md").read_text()
-    for text in [*CLASSES, "ImageClassifier_palettize6.mlpackage", "mobilenet_v2", "c0ffee", "raw 0-255"]:
-        assert text in card
+    for text in [
+        *map(markdown_text, CLASSES),
+        "mobilenet_v2",
+        "ImageClassifier_palettize6.mlpackage",
+        "c0ffee",
+        "raw 0-255",
+    ]:
+        assert text in card  # class names as the card escapes them (red\\_disc renders as red_disc)
     assert f"{100 * manifest['pytorch_val_top1']:.1f}%" in card
     swift = (out / "Classifier.swift").read_text()
     for text in ["import Vision", "VNCoreMLRequest", "VNClassificationObservation", "CGImage"]:
