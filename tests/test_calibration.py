@@ -10,6 +10,7 @@ from torch import nn
 
 from trainer.export.handoff.not_sure import not_sure_section
 from trainer.reports.run_report.calibration import (
+    TEMPERATURE_RANGE,
     calibrate,
     coverage,
     fit_temperature,
@@ -41,6 +42,14 @@ def test_temperature_never_changes_the_winner() -> None:
     t = fit_temperature(logits, labels)
     assert (probabilities(logits, t).argmax(1) == logits.argmax(1)).all()
     assert fit_temperature(np.zeros((0, 3), np.float32), np.zeros(0, np.int64)) == 1.0
+
+
+def test_a_model_at_chance_gets_a_bounded_temperature() -> None:
+    """Labels unrelated to the logits: the NLL optimum is T -> infinity (flat scores), which would tie the
+    fp16 and int8 copies; the fit stops at the top of TEMPERATURE_RANGE."""
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(600, 6)).astype(np.float32), rng.integers(0, 6, 600)
+    assert fit_temperature(logits, labels) == TEMPERATURE_RANGE[1]
 
 
 def test_coverage_and_precision_thresholds() -> None:

@@ -301,6 +301,7 @@ def test_int8_gate_warns_past_one_point_when_it_is_not_chance(tmp_path: Path) ->
     job.compare_with_fp32("onnx_int8", chance, fp32, one_photo)
     job.compare_with_fp32("executorch_int8", wrong, fp32, np.eye(3, dtype=np.float32)[[0] * 12])
     assert close == {
+        "answers_changed_vs_fp32": [],
         "top1_agreement_vs_fp32": 1.0,
         "top1_drop_vs_fp32": 0.0,
         "top1_images_lost_gained": [0, 0],

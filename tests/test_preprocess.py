@@ -33,6 +33,7 @@ from trainer.export.converters import onnx as onnx_format
 from trainer.export.converters.coreml import convert as coreml_convert
 from trainer.export.converters.coreml import spec as coreml_spec
 from trainer.export.handoff.confidence import accuracy_text, wilson_interval
+from trainer.export.handoff.escape import markdown_text
 from trainer.export.handoff.swift import swift_classifier
 from trainer.export.pipeline import export_all
 from trainer.export.predict import preprocess_images, read_manifest
@@ -202,7 +203,8 @@ def test_card_documents_the_preprocessing_and_metadata(paths: dict) -> None:
     card = (paths["out"] / "README.md").read_text()
     assert data_config.describe() in card and "regionOfInterest" in card and "`.centerCrop`" in card
     assert f"{data_config.crop_fraction:.4f}" in card
-    assert f"- Author: {default_author()}" in card and f"- License: {LICENSE_UNSET}" in card
+    assert f"- Author: {markdown_text(default_author())}" in card
+    assert f"- License: {markdown_text(LICENSE_UNSET)}" in card
     assert f"- Version: {metadata.version('trainer')}" in card
     assert accuracy_text(manifest["pytorch_val_top1"], 1) in card  # the verification's own figure, n = 1
     assert "- val_top1: 80.0% (95% CI 49.0–94.3%, 10 images)" in card  # the run's figure, its n

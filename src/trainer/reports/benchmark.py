@@ -143,6 +143,8 @@ def _export_runtimes(subject: Subject, cfg: DictConfig, out_dir: Path, outcome: 
     if "pytorch_fp32" in wanted:
         model = subject.model
         found.append(("pytorch_fp32", None, lambda: torch_predictor(model)))
+    if set(wanted) <= {"pytorch_fp32"}:
+        return found  # nothing to export
     job = _export_job(subject, cfg, out_dir, wanted)
     export_formats(job)
     outcome.errors += [{"runtime": error["artifact"], "error": error["error"]} for error in job.errors]

@@ -17,10 +17,15 @@ from torch import nn
 ECE_BINS = 15
 THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # rows of the coverage table
 PRECISIONS = (0.95, 0.99)  # the "not sure" thresholds the card offers
+# T is kept in this range. Trained models fit T near 0.5-3; a model near chance fits T in the thousands, which
+# flattens its scores below fp16's resolution, so Core ML (fp16 softmax) and int8 copies tie and pick other
+# classes than PyTorch: the clip keeps every artifact's answers those of the model.
+TEMPERATURE_RANGE = (0.05, 10.0)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T > 0 that minimizes the NLL of softmax(logits / T) on (logits, labels); 1.0 without images."""
+    """The T in TEMPERATURE_RANGE that minimizes the NLL of softmax(logits / T) on (logits, labels); 1.0
+    without images."""
     if not len(labels):
         return 1.0
     z, y = torch.from_numpy(logits).double(), torch.from_numpy(labels).long()
@@ -34,7 +39,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.detach().exp())
+    return float(np.clip(log_t.detach().exp().item(), *TEMPERATURE_RANGE))
 
 
 def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
