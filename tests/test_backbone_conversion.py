@@ -73,7 +73,14 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, int]]:
     return make_images(tmp_path_factory.mktemp("images"), per_class=1, seed=4)[:2]
 
 
-@pytest.fixture(scope="module", params=list(BACKBONES))
+# The fast loop (-m "not slow") converts the two cheapest families; the full suite converts every one.
+FAST = {"mobilenet_v2", "squeezenet1_1"}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in BACKBONES],
+)
 def exported(request: pytest.FixtureRequest, images: list[tuple[str, int]], tmp_path_factory) -> dict:
     """One backbone exported to every format and verified on two images: the fp32 Core ML package through the
     reference executor, whose figures must match PyTorch's like ONNX's."""

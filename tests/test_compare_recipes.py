@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import make_class_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,7 @@ def test_resplit_pools_train_and_val_and_splits_them_anew_per_seed(tmp_path: Pat
     assert _photos(splits[0] / "val") != _photos(splits[2] / "val")
 
 
+@pytest.mark.slow
 def test_recipes_run_beside_the_plain_recipe_and_tabulate(tmp_path: Path, tiny_folder: Path) -> None:
     out = tmp_path / "results.jsonl"
     base = ["dataset=folder", f"dataset.root={tiny_folder}", "model=demo", "model.alpha=0.25"]
@@ -84,6 +86,7 @@ def test_subsample_keeps_every_kth_train_photo_by_name_and_all_val(tmp_path: Pat
     assert _photos(first / "val") == _photos(tiny_folder / "val")
 
 
+@pytest.mark.slow
 def test_suite_runs_every_recipe_on_every_set_once(tmp_path: Path) -> None:
     suite = tmp_path / "suite"
     for name, classes in (("cats", {"a": 8, "b": 8}), ("dogs", {"a": 8, "b": 8, "c": 8})):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 from trainer.console.logs import ConsoleFilter, ConsoleFormatter
@@ -30,6 +31,7 @@ def _record(name: str, level: int, message: str = "hello") -> logging.LogRecord:
     return logging.LogRecord(name, level, __file__, 1, message, None, None)
 
 
+@pytest.mark.slow
 def test_demo_job_output_is_short_and_ends_with_the_summary(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     command = [

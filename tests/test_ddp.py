@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import make_class_folder
 
@@ -17,6 +18,7 @@ from trainer.models import build_classifier
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_two_process_cpu_ddp_writes_once_and_counts_every_val_image_once(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     make_class_folder(root / "train", {"red": 8, "green": 8, "blue": 8}, size=40)

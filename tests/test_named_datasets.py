@@ -342,6 +342,7 @@ def test_named_dataset_trains_from_the_local_server(http_server, tmp_path, name)
     assert metrics["train_images"] > 0 and 0 <= metrics["val_top1"] <= 1
 
 
+@pytest.mark.slow
 def test_camera_scene_trains_and_reports_the_challenge_score(tmp_path):
     from trainer.cli import compose_config
     from trainer.training.run import train

@@ -150,6 +150,7 @@ def test_layer_decay_slows_early_blocks_most(tmp_path):
     assert covered == len(list(classifier.model.parameters()))
 
 
+@pytest.mark.slow
 def test_export_after_channels_last_bf16_ema_training_passes_the_agreement_gates(
     tmp_path, tiny_folder, monkeypatch
 ):

@@ -54,6 +54,7 @@ def finished_runs(sweep_dir: Path) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(handle) if row["status"] == OK]
 
 
+@pytest.mark.slow
 def test_optuna_sweep_keeps_its_study_in_sqlite(tmp_path: Path) -> None:
     sweep_dir, out = sweep(
         tmp_path,
@@ -81,6 +82,7 @@ def test_optuna_sweep_keeps_its_study_in_sqlite(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_side_by_side_on_a_share_of_the_cores(tmp_path: Path) -> None:
     sweep_dir, out = sweep(
         tmp_path,
@@ -96,6 +98,7 @@ def test_joblib_runs_jobs_side_by_side_on_a_share_of_the_cores(tmp_path: Path) -
     assert f"Sweep {sweep_dir}" in out and "Joblib.Parallel(n_jobs=2" in out
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_the_jobs_the_way_slurm_would(tmp_path: Path) -> None:
     sweep_dir, out = sweep(
         tmp_path,
