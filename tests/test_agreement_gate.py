@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from test_export import CLASSES, DATA_CONFIG, SIZE, export_config
+from test_export import export_config, synthetic_job
 
 from trainer.console.summary import artifact_table
 from trainer.export.handoff.model_card import _quantization_lines
@@ -17,23 +16,6 @@ from trainer.export.settings import ExportSettings
 from trainer.export.verify import compare
 
 PHOTOS = 40
-
-
-def _job(tmp_path: Path, labels: np.ndarray, **overrides: object) -> ExportJob:
-    return ExportJob(
-        model=torch.nn.Identity(),
-        classes=CLASSES,
-        data_config=DATA_CONFIG,
-        out_dir=tmp_path,
-        settings=ExportSettings.from_config(export_config(**overrides)),
-        inputs=np.zeros((len(labels), 3, SIZE, SIZE), np.float32),
-        labels=labels,
-        reference=np.eye(3, dtype=np.float32)[labels],
-        example=torch.zeros(1, 3, SIZE, SIZE),
-        model_metadata={},
-        read_calibration=lambda: np.zeros((0, 3, SIZE, SIZE), np.float32),
-        threads=1,
-    )
 
 
 def _copy(labels: np.ndarray, changed: int) -> np.ndarray:
@@ -54,7 +36,7 @@ def _measure(job: ExportJob, name: str, fp32: np.ndarray, outputs: np.ndarray) -
 
 def test_copy_at_the_threshold_passes_and_one_below_fails(tmp_path: Path) -> None:
     labels = np.arange(PHOTOS) % 3
-    job = _job(tmp_path, labels)
+    job = synthetic_job(tmp_path, labels)
     fp32 = np.eye(3, dtype=np.float32)[labels]
     passing = _measure(job, "model_int8.onnx", fp32, _copy(labels, 2))  # 38/40 = 95%
     failing = _measure(job, "model_int8.tflite", fp32, _copy(labels, 4))  # 36/40 = 90%
@@ -91,7 +73,7 @@ def test_gains_that_cancel_losses_do_not_hide_a_copy_that_answers_differently(tm
     copy_picks = fp32_picks.copy()
     copy_picks[:4] = labels[:4]  # the copy right on them (4 gained)...
     copy_picks[4:8] = (labels[4:8] + 1) % 3  # ...and wrong on 4 fp32 got right (4 lost)
-    job = _job(tmp_path, labels)
+    job = synthetic_job(tmp_path, labels)
     job.reference = np.eye(3, dtype=np.float32)[fp32_picks]
     fp32 = job.reference.copy()
     entry = _measure(job, "model_int8.pte", fp32, np.eye(3, dtype=np.float32)[copy_picks])
@@ -103,7 +85,7 @@ def test_gains_that_cancel_losses_do_not_hide_a_copy_that_answers_differently(tm
 
 def test_the_threshold_is_a_setting(tmp_path: Path) -> None:
     labels = np.arange(PHOTOS) % 3
-    job = _job(tmp_path, labels, min_agreement=0.85)
+    job = synthetic_job(tmp_path, labels, min_agreement=0.85)
     entry = _measure(job, "model_int8.onnx", job.reference.copy(), _copy(labels, 4))
     assert entry["agreement_gate"]["passed"] and job.warnings == []
     with pytest.raises(

@@ -42,6 +42,7 @@ from trainer.export.converters.torchscript import lite_unavailable_reason
 from trainer.export.handoff.escape import markdown_text
 from trainer.export.handoff.names import xcode_class_name
 from trainer.export.handoff.try_page.runtime import FETCH_COMMAND, missing_reason
+from trainer.export.job import ExportJob
 from trainer.export.manifest import sha256, size_bytes
 from trainer.export.metadata import ArtifactMetadata, as_json
 from trainer.export.pipeline import export_all
@@ -118,6 +119,25 @@ def export_config(**overrides: object) -> OmegaConf:
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, merge=False)
     return cfg
+
+
+def synthetic_job(tmp_path: Path, labels: np.ndarray, **overrides: object) -> ExportJob:
+    """An export job over `labels` (one blank image each) whose fp32 reference picks each label: for tests of
+    the gates a quantized copy's outputs go through (ExportJob.compare_with_fp32)."""
+    return ExportJob(
+        model=torch.nn.Identity(),
+        classes=CLASSES,
+        data_config=DATA_CONFIG,
+        out_dir=tmp_path,
+        settings=ExportSettings.from_config(export_config(**overrides)),
+        inputs=np.zeros((len(labels), 3, SIZE, SIZE), np.float32),
+        labels=labels,
+        reference=np.eye(3, dtype=np.float32)[labels],
+        example=torch.zeros(1, 3, SIZE, SIZE),
+        model_metadata={},
+        read_calibration=lambda: np.zeros((0, 3, SIZE, SIZE), np.float32),
+        threads=1,
+    )
 
 
 def train(model: nn.Module, samples: list[tuple[str, int]], steps: int = 60) -> nn.Module:

@@ -27,6 +27,7 @@ from test_export import (
     make_images,
     small_export,
     stored_metadata,
+    synthetic_job,
     train,
 )
 from test_predict import pytorch_probabilities
@@ -39,10 +40,9 @@ from trainer.export.converters.litert import export as litert
 from trainer.export.converters.litert import flatbuffer as litert_flatbuffer
 from trainer.export.converters.litert import standard_metadata
 from trainer.export.formats import FORMATS, Format
-from trainer.export.job import MAX_INT8_TOP1_DROP, ExportJob
+from trainer.export.job import MAX_INT8_TOP1_DROP
 from trainer.export.pipeline import export_all
 from trainer.export.predict import predict_images
-from trainer.export.settings import ExportSettings
 from trainer.export.verify import OWN_FIGURES, load_inputs
 
 MOBILE = ["litert", "executorch"]
@@ -280,20 +280,7 @@ def test_int8_gate_warns_past_one_point_when_it_is_not_chance(tmp_path: Path) ->
     """The gate every quantized copy (ONNX, LiteRT, ExecuTorch int8) goes through: a drop over one point
     warns, unless it is a photo or two that the sign test cannot tell from chance."""
     labels = np.array([0, 1, 2, 0] * 3)
-    job = ExportJob(
-        model=torch.nn.Identity(),
-        classes=CLASSES,
-        data_config=DATA_CONFIG,
-        out_dir=tmp_path,
-        settings=ExportSettings.from_config(export_config()),
-        inputs=np.zeros((12, 3, SIZE, SIZE), np.float32),
-        labels=labels,
-        reference=np.eye(3, dtype=np.float32)[labels],
-        example=torch.zeros(1, 3, SIZE, SIZE),
-        model_metadata={},
-        read_calibration=lambda: np.zeros((0, 3, SIZE, SIZE), np.float32),
-        threads=1,
-    )
+    job = synthetic_job(tmp_path, labels)
     fp32 = np.eye(3, dtype=np.float32)[labels]
     one_photo = np.eye(3, dtype=np.float32)[[0, 1, 2, 0] * 2 + [0, 1, 2, 1]]
     close, chance, wrong = {}, {}, {}
