@@ -4,6 +4,7 @@ to write) and what it hands back for manifest.json (artifacts with their figures
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ from trainer.export.verify import (
     evaluate,
     fp32_problems,
     lost_and_gained,
+    run_batches,
     top1,
+    torch_predictor,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,10 @@ class ExportJob:
     model_metadata: dict[str, Any]  # what goes into the models' own metadata
     read_calibration: Callable[[], np.ndarray]
     threads: int
+    # `count` preprocessed training images drawn across classes; held_out: none of the calibration draw
+    read_training: Callable[[int, bool], np.ndarray] = lambda count, held_out: np.zeros(
+        (0, 3, 1, 1), np.float32
+    )
     val_paths: list[str] = field(default_factory=list)  # the image of each row of `inputs`
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -74,6 +81,27 @@ class ExportJob:
     def calibration(self) -> np.ndarray:
         """Preprocessed training images for int8 calibration, read on first use."""
         return self.read_calibration()
+
+    @cached_property
+    def holdout(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training images outside the calibration draw (export.int8.holdout_images) and PyTorch's logits on
+        them: what export.int8.keep_float=auto is steered by, so that val stays the yardstick."""
+        images = self.read_training(self.settings.int8.holdout_images, True)
+        return images, run_batches(torch_predictor(self.model), images)
+
+    @cached_property
+    def ranking(self) -> list[str]:
+        """The weighted layers, most int8-sensitive first (quantize/sensitivity.py), shared by the formats."""
+        from trainer.export.quantize.sensitivity import RANKING_IMAGES, rank_layers
+
+        started = time.perf_counter()
+        scores = rank_layers(self.model, self.calibration, self.holdout[0][:RANKING_IMAGES])
+        log.info(
+            "export: ranked %d layers by int8 sensitivity in %.1f s",
+            len(scores),
+            time.perf_counter() - started,
+        )
+        return [score.name for score in scores]
 
     def guard(self, what: str) -> AbstractContextManager[None]:
         """Record an exception from the block as an error of `what` instead of aborting the export."""

@@ -67,6 +67,16 @@ def calibration_draw(paths: Sequence[str], label_of: Mapping[str, int], count: i
     return [path for label, members in groups.items() for path in _spread(members, quota[label])]
 
 
+def _training_draw(
+    paths: Sequence[str], label_of: Mapping[str, int], calibration: int, count: int, held_out: bool
+) -> list[str]:
+    """`count` training images drawn across classes; held_out: from those outside the calibration draw."""
+    if held_out:
+        drawn = set(calibration_draw(paths, label_of, calibration))
+        paths = [path for path in paths if path not in drawn]
+    return calibration_draw(paths, label_of, count)
+
+
 class _Flatten(nn.Module):
     """A feature extractor with (N, D) output, whatever pooling shape the backbone leaves."""
 
@@ -152,6 +162,12 @@ def _export_into(
             calibration_draw(calibration_paths, dict(train_samples), settings.calibration.images), data_config
         )[0],
         threads=torch.get_num_threads(),
+        read_training=lambda count, held_out: load_inputs(
+            _training_draw(
+                calibration_paths, dict(train_samples), settings.calibration.images, count, held_out
+            ),
+            data_config,
+        )[0],
         val_paths=[samples[i][0] for i in kept],
     )
     if not len(inputs):

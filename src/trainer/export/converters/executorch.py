@@ -19,7 +19,9 @@ from torch import nn
 from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
 from trainer.export.metadata import METADATA_NAME, as_json
-from trainer.export.verify import Predict
+from trainer.export.quantize import pt2e
+from trainer.export.quantize.search import keep_float_search
+from trainer.export.verify import Predict, torch_predictor
 from trainer.utils.files import atomic_output
 from trainer.utils.native_output import native_output_to_log
 
@@ -28,6 +30,7 @@ INT8_RECIPE = (
     "PT2E XNNPACKQuantizer symmetric config: per-channel int8 weights, int8 activations, "
     "min/max calibration; float32 input and output"
 )
+QAT_RECIPE = f"{INT8_RECIPE}, then a quantization-aware fine-tune (PT2E QAT) towards the fp32 model's answers"
 INPUT = "float32 NCHW (1, 3, S, S), (pixel/255 - mean)/std"
 
 
@@ -45,16 +48,18 @@ def export(job: ExportJob) -> None:
         return
     with job.guard("executorch_int8"):
         path = job.out_dir / FORMAT.file("int8")
-        quantized = _quantize(job.model, example, job.calibration)
+        quantized, layers, record = _int8(job, example)
         _write(path, _lower(torch.export.export(quantized, example), job.model_metadata))
         entry = job.add(
             path,
             format="executorch",
             precision="int8",
             delegate="XNNPACK",
-            quantization=INT8_RECIPE,
+            quantization=QAT_RECIPE if job.settings.int8.method == "qat" else INT8_RECIPE,
             calibration_images=len(job.calibration),
             input=INPUT,
+            float_layers=layers,
+            **record,
         )
         outputs = job.verify(entry, executorch_predictor(path, job.threads), job.reference)
         job.compare_with_fp32("executorch_int8", entry, fp32_outputs, outputs)
@@ -82,23 +87,22 @@ def executorch_predictor(path: Path, threads: int) -> Predict:
     return predict
 
 
-def _quantize(model: nn.Module, example: tuple[torch.Tensor], calibration: np.ndarray) -> nn.Module:
-    """PT2E post-training int8 quantization for XNNPACK, calibrated one image at a time."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+def _int8(job: ExportJob, example: tuple[torch.Tensor]) -> tuple[nn.Module, list[str], dict[str, Any]]:
+    """The int8 module, quantization-aware (export.int8.method=qat) or post-training with
+    export.int8.keep_float, the layers it keeps float and its record for the manifest."""
+    settings = job.settings.int8
+    if settings.method == "qat":
+        images = job.read_training(settings.qat.images, False)
+        quantized, record = pt2e.qat(job.model, job.calibration, images, settings.qat)
+        return quantized, [], {"qat": record}
+    built: list[nn.Module] = []
 
-    if not len(calibration):
-        raise ValueError("no readable calibration images for int8 quantization")
-    quantizer = XNNPACKQuantizer()
-    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
-    with torch.no_grad():
-        for image in calibration:
-            prepared(torch.from_numpy(image[None]))
-    return convert_pt2e(prepared)
+    def build(layers: list[str]) -> Predict:
+        built[:] = [pt2e.ptq(job.model, example, job.calibration, layers)]
+        return torch_predictor(built[0])
+
+    layers, search = keep_float_search(job, build, batch_size=1)
+    return built[0], layers, {"keep_float_search": search}
 
 
 def _lower(program: torch.export.ExportedProgram, metadata: dict[str, Any]) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from trainer.data.data_config import DataConfig
 from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
 from trainer.export.metadata import as_strings
+from trainer.export.quantize.search import keep_float_search
+from trainer.export.quantize.sensitivity import weighted_layers
 from trainer.export.settings import ONNX_CALIBRATION_METHODS, ExportSettings
 from trainer.export.verify import Predict
 from trainer.utils.files import TMP_PREFIX, atomic_output
@@ -40,8 +42,10 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 FORMAT = FORMATS["onnx"]
-INT8_RECIPE = "static QDQ: per-channel int8 weights (7-bit range), uint8 activations"
+INT8_RECIPE = "static QDQ: per-channel int8 weights, uint8 activations"
 FLOAT_ROLES = {"first_conv": ("Conv",), "classifier": ("Gemm", "MatMul")}  # export.onnx.keep_float names
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")  # the nodes of the model's Conv2d / Linear layers
+ACTIVATIONS = ("Relu", "Clip")  # kept as nodes in a mixed-precision copy (QDQKeepRemovableActivations)
 
 
 def _export(
@@ -174,6 +178,20 @@ def float_nodes(model: onnx.ModelProto, keep_float: list[str]) -> list[str]:
     return names
 
 
+def layer_nodes(model: onnx.ModelProto, order: Sequence[str], layers: Sequence[str]) -> list[str]:
+    """The node names of the PyTorch `layers` (Conv2d / Linear module names), matched by position:
+    `order` is the model's weighted layers in forward order, the graph order of its Conv/Gemm/MatMul nodes."""
+    weighted = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS]
+    if layers and len(weighted) != len(order):
+        raise ValueError(
+            f"export.int8.keep_float=auto: the ONNX graph has {len(weighted)} Conv/Gemm/MatMul nodes but "
+            f"the model {len(order)} Conv2d/Linear layers, so they cannot be matched; "
+            "set export.int8.keep_float=none"
+        )
+    by_layer = dict(zip(order, weighted, strict=False))
+    return [by_layer[layer] for layer in layers]
+
+
 def quantize_int8(
     fp32_path: Path,
     path: Path,
@@ -182,21 +200,26 @@ def quantize_int8(
     metadata: Mapping[str, str] | None = None,
     method: str = "minmax",
     keep_float: list[str] | None = None,
+    float_layers: Sequence[str] = (),
+    layer_order: Sequence[str] = (),
+    reduce_range: bool = False,
 ) -> list[str]:
     """Static int8 QDQ copy of an fp32 ONNX model, calibrated on `calibration` images by `method` (a key of
-    ONNX_CALIBRATION_METHODS) with the `keep_float` nodes left in float; returns those node names.
+    ONNX_CALIBRATION_METHODS) with the `keep_float` nodes and the nodes of the `float_layers` (module names,
+    matched through `layer_order`: layer_nodes) left in float; returns those node names.
 
-    Per-channel int8 weights, uint8 activations: ONNX Runtime's CPU recipe. Weights use 7 bits of range
-    (reduce_range) so that x86 CPUs without VNNI cannot saturate u8 x s8 products; on ImageNet MobileNetV2
-    this raised top-1 agreement with fp32 from 92% to 96% here. quant_pre_process (shape inference + graph
-    optimization) runs first, as ONNX Runtime's quantization guide asks.
+    Per-channel int8 weights, uint8 activations: ONNX Runtime's CPU recipe. `reduce_range` (7-bit weights)
+    is for x86 CPUs without VNNI, where u8 x s8 products can saturate; on a VNNI CPU it only adds noise
+    (trashnet MobileNetV2: agreement with fp32 92.4% with it, 95.6% without; docs/quantization.md).
+    quant_pre_process (shape inference + graph optimization) runs first, as ONNX Runtime's guide asks.
     """
     if not len(calibration):
         raise ValueError("no readable calibration images for int8 quantization")
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=TMP_PREFIX) as work:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
-        excluded = float_nodes(onnx.load(str(prepared)), keep_float or [])
+        graph = onnx.load(str(prepared))
+        excluded = float_nodes(graph, keep_float or []) + layer_nodes(graph, layer_order, float_layers)
         with atomic_output(path) as tmp:
             quantize_static(
                 str(prepared),
@@ -204,15 +227,44 @@ def quantize_int8(
                 _ArrayReader(calibration),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                reduce_range=True,
+                reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
+                # a float node reads the float tensor before the Q/DQ pair (_float_inputs): a Relu/Clip
+                # must stay a node there, not be folded into the quantizer's clamp
+                extra_options={"QDQKeepRemovableActivations": bool(excluded)},
                 calibrate_method=CalibrationMethod[ONNX_CALIBRATION_METHODS[method]],
             )
+            _float_inputs(tmp, excluded)
             _embed_metadata(tmp, metadata)
             onnx.checker.check_model(str(tmp))
     return excluded
+
+
+def _float_inputs(path: Path, names: Sequence[str]) -> None:
+    """Feed the `names` nodes the float tensors before the QuantizeLinear / DequantizeLinear pairs on their
+    input, through any Relu / Clip between them and the previous layer: excluded from quantization, a node
+    would still read the int8-rounded output of the quantized node before it, the noise that made its
+    layer sensitive."""
+    if not names:
+        return
+    model = onnx.load(str(path))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        current = node if node.name in names else None
+        while current is not None:
+            dequantize = producers.get(current.input[0])
+            quantize = producers.get(dequantize.input[0]) if dequantize is not None else None
+            if quantize is None or (dequantize.op_type, quantize.op_type) != (
+                "DequantizeLinear",
+                "QuantizeLinear",
+            ):
+                break
+            current.input[0] = quantize.input[0]
+            upstream = producers.get(current.input[0])
+            current = upstream if upstream is not None and upstream.op_type in ACTIVATIONS else None
+    onnx.save(model, str(path))
 
 
 def onnx_predictor(path: Path, threads: int) -> Predict:
@@ -242,22 +294,34 @@ def export(job: ExportJob) -> None:
         return
     with job.guard("onnx_int8"):
         int8_path = job.out_dir / FORMAT.file("int8")
-        onnx_settings = job.settings.onnx
-        kept = quantize_int8(
-            path,
-            int8_path,
-            job.calibration,
-            metadata=metadata,
-            method=onnx_settings.calibration_method,
-            keep_float=onnx_settings.keep_float,
-        )
+        onnx_settings, order = job.settings.onnx, weighted_layers(job.model, job.example)
+        kept: list[str] = []
+
+        def build(layers: list[str]) -> Predict:
+            kept[:] = quantize_int8(
+                path,
+                int8_path,
+                job.calibration,
+                metadata=metadata,
+                method=onnx_settings.calibration_method,
+                keep_float=onnx_settings.keep_float,
+                float_layers=layers,
+                layer_order=order,
+                reduce_range=onnx_settings.reduce_range,
+            )
+            return onnx_predictor(int8_path, job.threads)
+
+        layers, search = keep_float_search(job, build)
+        bits = "7-bit range" if onnx_settings.reduce_range else "full range"
         entry = job.add(
             int8_path,
             format="onnx",
             precision="int8",
-            quantization=f"{INT8_RECIPE}, {onnx_settings.calibration_method} calibration",
+            quantization=f"{INT8_RECIPE} ({bits}), {onnx_settings.calibration_method} calibration",
             calibration_images=len(job.calibration),
             float_nodes=kept,
+            float_layers=layers,
+            keep_float_search=search,
         )
         outputs = job.verify(entry, onnx_predictor(int8_path, job.threads), job.reference)
         job.compare_with_fp32("onnx_int8", entry, fp32_outputs, outputs)

@@ -1,0 +1,1 @@
+"""int8 beyond one calibrated pass: per-layer sensitivity, mixed precision, quantization-aware fine-tuning."""
