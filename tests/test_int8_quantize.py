@@ -114,17 +114,19 @@ def test_pt2e_leaves_the_named_layer_float() -> None:
 
 @pytest.mark.slow
 def test_qat_lifts_agreement_where_ptq_falls_short() -> None:
-    """Calibrated on 2 images, PTQ's activation ranges are too narrow for the rest; the quantization-aware
-    fine-tune (ranges and weights learning fp32's answers on 256 training images) agrees with fp32 on more
-    held-out images. Both are measured here."""
+    """Calibrated on 2 dim images, PTQ's activation ranges are too narrow for the rest (66% agreement with
+    fp32 here); the quantization-aware fine-tune (ranges and weights learning fp32's answers on 256 training
+    images) agreed on 95% of the held-out images. Both are measured here."""
     model = tiny_net()
-    calibration, training, holdout = _images(2, 2), _images(256, 4), _images(256, 3)
+    calibration, training, holdout = _images(2, 2) * 0.25, _images(256, 4), _images(256, 3)
     example = (torch.from_numpy(holdout[:1]),)
     reference = run_batches(torch_predictor(model), holdout).argmax(1)
     ptq = run_batches(torch_predictor(pt2e.ptq(model, example, calibration)), holdout, 1).argmax(1)
     settings = QatSettings(steps=100, lr=1e-3, batch_size=16, images=256)
+    weights = [p.detach().clone() for p in model.parameters()]
     quantized, record = pt2e.qat(model, calibration, training, settings)
+    assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))  # fp32 kept
     qat = run_batches(torch_predictor(quantized), holdout, 1).argmax(1)
     ptq_agreement, qat_agreement = (ptq == reference).mean(), (qat == reference).mean()
-    assert qat_agreement > ptq_agreement + 0.05, (ptq_agreement, qat_agreement)
+    assert ptq_agreement < 0.8 and qat_agreement > ptq_agreement + 0.15, (ptq_agreement, qat_agreement)
     assert record["kl_last_steps"] < record["kl_first_steps"]

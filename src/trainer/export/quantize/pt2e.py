@@ -10,6 +10,7 @@ running statistics (move_exported_model_to_eval) and folded into the convolution
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -84,28 +85,33 @@ def qat(
     model: nn.Module, calibration: np.ndarray, images: np.ndarray, settings: QatSettings
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Quantization-aware fine-tune: the fake-quantized copy, its ranges first calibrated as PTQ's are,
-    learns the fp32 model's class probabilities (KL) on `images` for settings.steps Adam steps; returns the
+    learns the fp32 model's class probabilities (KL) for settings.steps Adam steps on mixup blends of
+    `images` (distillation on the plain training images, where the fine-tuned model is sure of itself,
+    lifted val agreement less: 93.8% against 95.6% on trashnet MobileNetV2, from PTQ's 92.9%); returns the
     converted int8 module and a record of the run for the manifest."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     started = time.perf_counter()
-    batch = torch.export.Dim("batch")
     example = (torch.from_numpy(images[:2]),)
-    exported = torch.export.export(model, example, dynamic_shapes=({0: batch},)).module()
+    trained = copy.deepcopy(model)  # the exported module shares its parameters, which training changes
+    dynamic = ({0: torch.export.Dim("batch")},)
+    exported = torch.export.export(trained, example, dynamic_shapes=dynamic).module()
     prepared = prepare_qat_pt2e(exported, _quantizer((), True))
     move_exported_model_to_eval(prepared)  # BatchNorm frozen; the fake quantizers still learn
     _calibrate(prepared, calibration)
-    with torch.no_grad():
-        teacher = torch.cat([model(torch.from_numpy(images[i : i + 32])) for i in range(0, len(images), 32)])
-    teacher = torch.log_softmax(teacher, 1)
     optimizer = torch.optim.Adam([p for p in prepared.parameters() if p.requires_grad], lr=settings.lr)
     generator = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(settings.steps):
         rows = torch.randint(len(images), (min(settings.batch_size, len(images)),), generator=generator)
-        student = torch.log_softmax(prepared(torch.from_numpy(images[rows.numpy()])), 1)
-        loss = nn.functional.kl_div(student, teacher[rows], log_target=True, reduction="batchmean")
+        batch = torch.from_numpy(images[rows.numpy()])
+        share = torch.rand(len(batch), 1, 1, 1, generator=generator)
+        batch = share * batch + (1 - share) * batch.flip(0)  # mixup: the uncertain inputs where answers flip
+        with torch.no_grad():
+            teacher = torch.log_softmax(model(batch), 1)
+        student = torch.log_softmax(prepared(batch), 1)
+        loss = nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -118,8 +124,8 @@ def qat(
         "lr": settings.lr,
         "batch_size": settings.batch_size,
         "images": len(images),
-        "kl_first_steps": round(float(np.mean(losses[:10])), 6),
-        "kl_last_steps": round(float(np.mean(losses[-10:])), 6),
+        "kl_first_steps": float(f"{np.mean(losses[:10]):.3g}"),
+        "kl_last_steps": float(f"{np.mean(losses[-10:]):.3g}"),
         "seconds": round(seconds, 1),
     }
     return convert_pt2e(prepared), record
