@@ -88,8 +88,9 @@ class LinearProbeHead(L.Callback):
 
     Rank 0 fits and broadcasts the head, so every DDP process starts the same. It fits on the CPU: the
     features are a few MB, and L-BFGS reads a scalar back at every line-search step, which on a GPU shared
-    with other jobs waits its turn each time (docs/recipes.md: run times on the H200). A resumed run keeps its checkpoint's head. Where the features are not finite or the model's output is more
-    than its head's (timm's VOLO adds an auxiliary head), the head stays random, with a warning.
+    with other jobs waits its turn each time (docs/recipes.md: run times on the H200). A resumed run keeps
+    its checkpoint's head. Where the features are not finite or the model's output is more than its head's
+    (timm's VOLO adds an auxiliary head), the head stays random, with a warning.
     """
 
     def __init__(self, enabled: bool = True, images_per_class: int = 100, lr_mult: float = 0.3) -> None:
