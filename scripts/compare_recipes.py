@@ -37,6 +37,19 @@ from trainer.reports.recipe_tables import override, suite_table
 from trainer.training.plain_recipe import split_folder_root, train_plain
 from trainer.training.run import train
 
+
+def probed(changes: dict[str, str]) -> list[str]:
+    """LP-FT with BatchNorm frozen (the `lp+freeze_bn` family) and `changes`, every setting spelled out, so
+    a recipe's rows keep their meaning when the defaults in conf/ move."""
+    settings = {
+        "finetune.linear_probe": "true",
+        "finetune.freeze_bn": "true",
+        "finetune.probed_lr_mult": "0.3",
+        "finetune.backbone_lr_mult": "0.2",
+    }
+    return [f"{key}={value}" for key, value in (settings | changes).items()]
+
+
 # Overrides of the defaults in conf/. `plain*` is torchvision's tutorial (trainer.training.plain_recipe), at
 # our batch size and at the tutorial's 4 (which leaves BatchNorm with 4-image statistics).
 RECIPES: dict[str, list[str]] = {
@@ -64,21 +77,15 @@ RECIPES: dict[str, list[str]] = {
         "finetune.backbone_lr_mult=1.0",
         "augment.scale=[0.35,1.0]",
     ],
-    "lp+freeze_bn+fp32": ["finetune.freeze_bn=true", "trainer.precision=32-true", "memory_format=contiguous"],
-    "lp+freeze_bn+no_smoothing": ["finetune.freeze_bn=true", "augment.label_smoothing=0.0"],
-    "lp+freeze_bn+lr_x1": ["finetune.freeze_bn=true", "finetune.probed_lr_mult=1.0"],
-    "lp+freeze_bn+lr_x0.6": ["finetune.freeze_bn=true", "finetune.probed_lr_mult=0.6"],
-    "lp+freeze_bn+backbone_lr_0.5": ["finetune.freeze_bn=true", "finetune.backbone_lr_mult=0.5"],
-    "lp+freeze_bn+lr_x1+ema_0.9": [
-        "finetune.freeze_bn=true",
-        "finetune.probed_lr_mult=1.0",
-        "finetune.ema_decay=0.9",
-    ],
-    "lp+freeze_bn+lr_x1+backbone_lr_1.0": [
-        "finetune.freeze_bn=true",
-        "finetune.probed_lr_mult=1.0",
-        "finetune.backbone_lr_mult=1.0",
-    ],
+    "lp+freeze_bn+fp32": probed({"trainer.precision": "32-true", "memory_format": "contiguous"}),
+    "lp+freeze_bn+no_smoothing": probed({"augment.label_smoothing": "0.0"}),
+    "lp+freeze_bn+lr_x1": probed({"finetune.probed_lr_mult": "1.0"}),
+    "lp+freeze_bn+lr_x0.6": probed({"finetune.probed_lr_mult": "0.6"}),
+    "lp+freeze_bn+backbone_lr_0.5": probed({"finetune.backbone_lr_mult": "0.5"}),
+    "lp+freeze_bn+lr_x1+ema_0.9": probed({"finetune.probed_lr_mult": "1.0", "finetune.ema_decay": "0.9"}),
+    "lp+freeze_bn+lr_x1+backbone_lr_1.0": probed(
+        {"finetune.probed_lr_mult": "1.0", "finetune.backbone_lr_mult": "1.0"}
+    ),
     "lp+lr_x1+backbone_lr_1.0": [
         "finetune.probed_lr_mult=1.0",
         "finetune.backbone_lr_mult=1.0",
@@ -118,7 +125,7 @@ RECIPES: dict[str, list[str]] = {
     "lp+lr_x0.5": ["finetune.probed_lr_mult=0.5"],
     "lp+lr_x0.1": ["finetune.probed_lr_mult=0.1"],
     "lp+backbone_lr_0.5": ["finetune.backbone_lr_mult=0.5"],
-    "lp+freeze_bn": ["finetune.freeze_bn=true"],
+    "lp+freeze_bn": probed({}),
     "lp+no_smoothing": ["augment.label_smoothing=0.0"],
     "lp+scale_0.35": ["augment.scale=[0.35,1.0]"],
 }
