@@ -19,6 +19,7 @@ import argparse
 import csv
 import itertools
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -35,6 +36,19 @@ from trainer.models import build_classifier
 from trainer.reports.recipe_tables import override, suite_table
 from trainer.training.plain_recipe import split_folder_root, train_plain
 from trainer.training.run import train
+
+
+def probed(changes: dict[str, str]) -> list[str]:
+    """LP-FT with BatchNorm frozen (the `lp+freeze_bn` family) and `changes`, every setting spelled out, so
+    a recipe's rows keep their meaning when the defaults in conf/ move."""
+    settings = {
+        "finetune.linear_probe": "true",
+        "finetune.freeze_bn": "true",
+        "finetune.probed_lr_mult": "0.3",
+        "finetune.backbone_lr_mult": "0.2",
+    }
+    return [f"{key}={value}" for key, value in (settings | changes).items()]
+
 
 # Overrides of the defaults in conf/. `plain*` is torchvision's tutorial (trainer.training.plain_recipe), at
 # our batch size and at the tutorial's 4 (which leaves BatchNorm with 4-image statistics).
@@ -63,14 +77,15 @@ RECIPES: dict[str, list[str]] = {
         "finetune.backbone_lr_mult=1.0",
         "augment.scale=[0.35,1.0]",
     ],
-    "lp+freeze_bn+fp32": ["finetune.freeze_bn=true", "trainer.precision=32-true", "memory_format=contiguous"],
-    "lp+freeze_bn+no_smoothing": ["finetune.freeze_bn=true", "augment.label_smoothing=0.0"],
-    "lp+freeze_bn+lr_x1": ["finetune.freeze_bn=true", "finetune.probed_lr_mult=1.0"],
-    "lp+freeze_bn+lr_x1+backbone_lr_1.0": [
-        "finetune.freeze_bn=true",
-        "finetune.probed_lr_mult=1.0",
-        "finetune.backbone_lr_mult=1.0",
-    ],
+    "lp+freeze_bn+fp32": probed({"trainer.precision": "32-true", "memory_format": "contiguous"}),
+    "lp+freeze_bn+no_smoothing": probed({"augment.label_smoothing": "0.0"}),
+    "lp+freeze_bn+lr_x1": probed({"finetune.probed_lr_mult": "1.0"}),
+    "lp+freeze_bn+lr_x0.6": probed({"finetune.probed_lr_mult": "0.6"}),
+    "lp+freeze_bn+backbone_lr_0.5": probed({"finetune.backbone_lr_mult": "0.5"}),
+    "lp+freeze_bn+lr_x1+ema_0.9": probed({"finetune.probed_lr_mult": "1.0", "finetune.ema_decay": "0.9"}),
+    "lp+freeze_bn+lr_x1+backbone_lr_1.0": probed(
+        {"finetune.probed_lr_mult": "1.0", "finetune.backbone_lr_mult": "1.0"}
+    ),
     "lp+lr_x1+backbone_lr_1.0": [
         "finetune.probed_lr_mult=1.0",
         "finetune.backbone_lr_mult=1.0",
@@ -110,7 +125,7 @@ RECIPES: dict[str, list[str]] = {
     "lp+lr_x0.5": ["finetune.probed_lr_mult=0.5"],
     "lp+lr_x0.1": ["finetune.probed_lr_mult=0.1"],
     "lp+backbone_lr_0.5": ["finetune.backbone_lr_mult=0.5"],
-    "lp+freeze_bn": ["finetune.freeze_bn=true"],
+    "lp+freeze_bn": probed({}),
     "lp+no_smoothing": ["augment.label_smoothing=0.0"],
     "lp+scale_0.35": ["augment.scale=[0.35,1.0]"],
 }
@@ -191,6 +206,28 @@ def run_recipe(
     return {**row, "base": given, "resplit": resplit, "max_train_per_class": per_class, "seconds": seconds}
 
 
+def run_job(job: tuple) -> dict:
+    """One recipe run in a worker process; a failure comes back as a row with `error` (the others go on)."""
+    try:
+        return run_recipe(*job)
+    except Exception as e:  # noqa: BLE001 - one broken run must not end a suite of hundreds
+        return {"recipe": job[0], "base": job[1], "seed": job[4], "error": f"{type(e).__name__}: {e}"}
+
+
+def run_jobs(jobs: list[tuple], workers: int, out: Path) -> None:
+    """Run `jobs` (one process per worker, each taking the next job; rows in the order they finish) and
+    append each finished row to `out`, so a stopped suite resumes where it was."""
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    rows = pool.imap_unordered(run_job, jobs) if pool else map(run_job, jobs)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+        if "error" not in row:
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+    if pool:
+        pool.close()
+
+
 def run_in(name: str, base: list[str], size: int, epochs: int, seed: int) -> dict:
     common = [*base, f"dataset.image_size={size}", f"trainer.max_epochs={epochs}", f"seed={seed}"]
     common += ["threads=1", "dataset.num_workers=0", "export.enabled=false", "logger=csv"]
@@ -202,7 +239,9 @@ def run_in(name: str, base: list[str], size: int, epochs: int, seed: int) -> dic
             index = build_index(cfg.dataset)
             root = split_folder_root(index)
             model = build_classifier(cfg.model, index.num_classes).model
-            result = train_plain(model, root, size, epochs, batch_size=int(cfg.dataset.batch_size))
+            device = "cuda" if cfg.trainer.accelerator == "gpu" else "cpu"
+            batch = int(cfg.dataset.batch_size)
+            result = train_plain(model, root, size, epochs, batch_size=batch, device=device)
             per_epoch, images_per_sec, val_images = (
                 result.val_top1_per_epoch,
                 result.images_per_sec,
@@ -254,6 +293,12 @@ def main(argv: list[str]) -> None:
         metavar="N",
         help="screen on at most N train photos per class (every k-th by name); val stays whole",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs at a time, one process each (one CPU thread each; with trainer=gpu they share the GPU)",
+    )
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     parser.add_argument("base", nargs="*", help="train.py overrides shared by every recipe")
     args = parser.parse_args(argv)
@@ -267,16 +312,13 @@ def main(argv: list[str]) -> None:
     if args.suite:
         shared = [o for o in args.base if not o.startswith(("dataset=", "dataset.root="))]
         bases = [[*shared, "dataset=folder", f"dataset.root={d}"] for d in suite_sets(args.suite, args.sets)]
-    for size, epochs, seed, base, name in itertools.product(
-        args.sizes, args.epochs, args.seeds, bases, args.recipes
-    ):
-        job = (name, base, size, epochs, seed, args.resplit, args.max_train_per_class)
-        if tuple(json.dumps(v) for v in job) in seen:
-            continue
-        row = run_recipe(*job)
-        print(json.dumps(row), flush=True)
-        with args.out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+    jobs = [
+        (name, base, size, epochs, seed, args.resplit, args.max_train_per_class)
+        for size, epochs, seed, base, name in itertools.product(
+            args.sizes, args.epochs, args.seeds, bases, args.recipes
+        )
+    ]
+    run_jobs([j for j in jobs if tuple(json.dumps(v) for v in j) not in seen], args.workers, args.out)
 
 
 if __name__ == "__main__":

@@ -109,9 +109,20 @@ def test_suite_runs_every_recipe_on_every_set_once(tmp_path: Path) -> None:
     assert all(r["max_train_per_class"] == 4 and r["val_images"] in (6, 9) for r in rows)
     subprocess.run([*run, *args], check=True, capture_output=True, cwd=tmp_path)  # done: nothing re-runs
     assert len(out.read_text().splitlines()) == 4
+    # Two worker processes run the same jobs to the same scores (seeded, one thread each), in any order.
+    parallel = tmp_path / "parallel.jsonl"
+    both = [*run[:-1], str(parallel), "--workers", "2", *args]
+    subprocess.run(both, check=True, capture_output=True, cwd=tmp_path)
+    again = [json.loads(line) for line in parallel.read_text().splitlines()]
+    assert sorted(_scores(again)) == sorted(_scores(rows))
     table = subprocess.run([*run, "--table"], check=True, capture_output=True, text=True).stdout
     assert "train photos per class: 4" in table
     assert "| cats | " in table and "| dogs | " in table and "| mean over 2 sets | " in table
+
+
+def _scores(rows: list[dict]) -> list[tuple[str, str, float]]:
+    """(recipe, photo set, val top-1) of each suite row; the set is its dataset.root's folder name."""
+    return [(r["recipe"], Path(r["base"][-1]).name, r["val_top1"]) for r in rows]
 
 
 def _rows(top1: dict[str, dict[str, float]]) -> list[dict]:

@@ -86,9 +86,11 @@ class LinearProbeHead(L.Callback):
     """Fit the new head by logistic regression on the frozen pretrained features before the first step; the
     run then trains at `lr_mult` times its learning rates (ClassifierModule asks `fits_head`).
 
-    Rank 0 fits (on the model's device) and broadcasts the head, so every DDP process starts the same. A
-    resumed run keeps its checkpoint's head. Where the features are not finite or the model's output is more
-    than its head's (timm's VOLO adds an auxiliary head), the head stays random, with a warning.
+    Rank 0 fits and broadcasts the head, so every DDP process starts the same. It fits on the CPU: the
+    features are a few MB, and L-BFGS reads a scalar back at every line-search step, which on a GPU shared
+    with other jobs waits its turn each time (docs/recipes.md: run times on the H200). A resumed run keeps
+    its checkpoint's head. Where the features are not finite or the model's output is more than its head's
+    (timm's VOLO adds an auxiliary head), the head stays random, with a warning.
     """
 
     def __init__(self, enabled: bool = True, images_per_class: int = 100, lr_mult: float = 0.3) -> None:
@@ -127,7 +129,7 @@ class LinearProbeHead(L.Callback):
                 "alone; the head starts random (finetune.linear_probe=false also restores the full lr)"
             )
             return None
-        features, labels = probed
+        features, labels = probed[0].cpu(), probed[1].cpu()
         strength = choose_strength(features, labels, head.out_features)
         weight, bias = fit_logistic(features, labels, head.out_features, strength)
         if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
@@ -141,7 +143,7 @@ class LinearProbeHead(L.Callback):
             strength,
             time.perf_counter() - started,
         )
-        return weight.cpu(), bias.cpu()
+        return weight, bias
 
 
 @torch.no_grad()

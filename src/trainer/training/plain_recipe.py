@@ -59,12 +59,12 @@ def plain_loaders(
     return DataLoader(train, shuffle=True, **kwargs), DataLoader(val, shuffle=False, **kwargs)
 
 
-def evaluate(model: nn.Module, loader: DataLoader) -> float:
+def evaluate(model: nn.Module, loader: DataLoader, device: str = "cpu") -> float:
     model.eval()
     correct = total = 0
     with torch.no_grad():
         for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
             total += len(y)
     return correct / total
 
@@ -78,13 +78,15 @@ def train_plain(
     num_workers: int = 0,
     max_steps: int | None = None,
     validate: bool = True,
+    device: str = "cpu",
 ) -> PlainResult:
     """Fine-tune `model` (head already replaced) the tutorial's way; val top-1 after every epoch.
 
     `max_steps` stops each epoch early (for throughput measurements); the timer covers training steps with
-    their data loading, not validation.
+    their data loading, not validation. `device` ("cuda") is where the tutorial moves model and batches.
     """
     train_loader, val_loader = plain_loaders(root, image_size, batch_size, num_workers)
+    model.to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
@@ -94,7 +96,7 @@ def train_plain(
         start = time.perf_counter()
         for step, (x, y) in enumerate(train_loader):
             optimizer.zero_grad()
-            loss = criterion(model(x), y)
+            loss = criterion(model(x.to(device)), y.to(device))
             loss.backward()
             optimizer.step()
             images += len(y)
@@ -103,5 +105,5 @@ def train_plain(
         seconds += time.perf_counter() - start
         scheduler.step()
         if validate:
-            top1.append(evaluate(model, val_loader))
+            top1.append(evaluate(model, val_loader, device))
     return PlainResult(top1, images, seconds)
