@@ -2,8 +2,9 @@
 or quantization-aware (a short fine-tune of the fake-quantized model towards the fp32 model's answers).
 
 Layers are left float through XNNPACKQuantizer.set_filter_function (its `set_module_name(name, None)` is
-not supported yet: the quantizer asserts), and read the float tensor before the observer the layer in front
-put on its output (else they would keep the input noise that made them sensitive).
+not supported yet: the quantizer asserts): float weights and compute; their input keeps the quantization of
+the layer in front's output, since XNNPACK runs that layer as a quantized conv only with a quantized output
+(rewired to the float tensor, the .pte lowering failed: "Missing out variants: dequantize_per_channel").
 QAT follows PyTorch's PT2E QAT flow (prepare_qat_pt2e, train, convert_pt2e) with BatchNorm frozen at its
 running statistics (move_exported_model_to_eval) and folded into the convolutions at convert.
 """
@@ -23,26 +24,6 @@ from torch import nn
 from trainer.export.settings import QatSettings
 
 log = logging.getLogger(__name__)
-
-
-WEIGHTED_OPS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
-ACTIVATIONS = tuple(getattr(torch.ops.aten, op).default for op in ("relu", "relu_", "hardtanh", "hardtanh_"))
-
-
-def _float_inputs(prepared: torch.fx.GraphModule, float_layers: Sequence[str]) -> None:
-    """Rewire each float layer's input past the observer (a call_module) that quantizes it, and so on up
-    through a ReLU / ReLU6 to the layer in front (an activation shares its input's quantization)."""
-    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
-
-    in_float = [get_module_name_filter(name) for name in float_layers]
-    for node in prepared.graph.nodes:
-        current = node if node.target in WEIGHTED_OPS and any(f(node) for f in in_float) else None
-        while current is not None and getattr(current.args[0], "op", None) == "call_module":
-            observer = current.args[0]
-            current.replace_input_with(observer, observer.args[0])
-            upstream = current.args[0]
-            current = upstream if getattr(upstream, "target", None) in ACTIVATIONS else None
-    prepared.recompile()
 
 
 def _quantizer(float_layers: Sequence[str], qat: bool) -> Any:
@@ -76,7 +57,6 @@ def ptq(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     prepared = prepare_pt2e(torch.export.export(model, example).module(), _quantizer(float_layers, False))
-    _float_inputs(prepared, float_layers)
     _calibrate(prepared, calibration)
     return convert_pt2e(prepared)
 
