@@ -12,8 +12,9 @@ import pytest
 import torch
 from test_export import SIZE, export_config, tiny_net
 
-from trainer.export.converters.onnx import export_onnx, onnx_predictor, quantize_int8
+from trainer.export.converters.onnx import export_onnx, onnx_predictor
 from trainer.export.pipeline import calibration_draw
+from trainer.export.quantize.onnx_int8 import quantize_int8
 from trainer.export.settings import ExportSettings
 
 

@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 import trainer
 from trainer.export.converters.coreml.variants import PALETTE_BITS, palette_bits
 from trainer.export.formats import FORMATS, unknown_formats_message
+from trainer.export.quantize.settings import Int8Settings
 
 UPDATABLE_KINDS = ("knn", "head")
 LICENSE_UNSET = "unspecified (set export.license)"
@@ -130,53 +131,6 @@ class OnnxSettings:
 @dataclass
 class CalibrationSettings:
     images: int = MISSING
-
-
-INT8_METHODS = ("ptq", "qat")
-KEEP_FLOAT = ("auto", "none")
-
-
-@dataclass
-class QatSettings:
-    steps: int = MISSING
-    lr: float = MISSING
-    batch_size: int = MISSING
-    images: int = MISSING
-
-
-@dataclass
-class Int8Settings:
-    method: str = MISSING
-    keep_float: str = MISSING
-    max_kl: float = MISSING
-    max_float_layers: int = MISSING
-    holdout_images: int = MISSING
-    qat: QatSettings = MISSING
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad export.int8 setting."""
-        if self.method not in INT8_METHODS:
-            raise ValueError(
-                f"export.int8.method: unknown '{self.method}'; choose from {', '.join(INT8_METHODS)}"
-            )
-        if self.keep_float not in KEEP_FLOAT:
-            raise ValueError(
-                f"export.int8.keep_float: unknown '{self.keep_float}'; choose from {', '.join(KEEP_FLOAT)} "
-                "(name ONNX nodes with export.onnx.keep_float)"
-            )
-        counts = {"max_float_layers": self.max_float_layers, "holdout_images": self.holdout_images}
-        counts |= {
-            "qat.steps": self.qat.steps,
-            "qat.batch_size": self.qat.batch_size,
-            "qat.images": self.qat.images,
-        }
-        for name, value in counts.items():
-            if value < 1:
-                raise ValueError(f"export.int8.{name} must be >= 1, not {value}")
-        if not 0.0 < self.max_kl < 1.0:
-            raise ValueError(f"export.int8.max_kl={self.max_kl} must be in (0, 1) (e.g. 0.005)")
-        if not 0.0 < self.qat.lr <= 0.1:
-            raise ValueError(f"export.int8.qat.lr={self.qat.lr} must be in (0, 0.1] (e.g. 1e-5)")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.export.settings import QatSettings
+from trainer.export.quantize.settings import QatSettings
 
 log = logging.getLogger(__name__)
 
