@@ -3,6 +3,7 @@ and quantization-aware fine-tuning (export.int8.method=qat), on small nets whose
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch import nn
 
 from trainer.export.converters import executorch as executorch_format
 from trainer.export.converters import onnx as onnx_format
+from trainer.export.converters.litert import export as litert_format
 from trainer.export.job import ExportJob
 from trainer.export.quantize import pt2e
 from trainer.export.quantize.search import float_weight_share, kl_divergence
@@ -98,6 +100,24 @@ def test_auto_keeps_the_sensitive_layer_float_in_onnx(tmp_path: Path) -> None:
     plain_entry = next(a for a in plain.artifacts if a["precision"] == "int8")
     assert plain_entry["float_nodes"] == [] and plain_entry["keep_float_search"] == {"keep_float": "none"}
     assert entry["top1_agreement"] >= plain_entry["top1_agreement"]
+
+
+def test_auto_keeps_layers_float_in_litert(tmp_path: Path) -> None:
+    """ai-edge-quantizer finds each layer by its module path in litert-torch's op names. A float layer still
+    reads the int8 output of the layer in front (as in ExecuTorch), so here the search goes on until the
+    first conv is float too, and meets max_kl where the all-int8 copy did not."""
+    job = _job(tmp_path, outlier_net(), **{"int8.max_kl": 1e-3, "litert.fp16": False})
+    litert_format.export(job)
+    entry = next(a for a in job.artifacts if a["precision"] == "int8")
+    search = entry["keep_float_search"]
+    assert search["tried"][0]["holdout_kl"] > 1e-3 >= search["holdout_kl"], search
+    assert entry["float_layers"][0] == "3" and "0" in entry["float_layers"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    tensors = Interpreter(model_path=str(tmp_path / "model_int8.tflite")).get_tensor_details()
+    names = [t["name"] for t in tensors if t["dtype"] == np.float32]
+    float_convs = {m.group(1) for name in names for m in [re.search(r"Conv2d_(\d+);", name)] if m}
+    assert {"0", "3"} <= float_convs and entry["top1_agreement"] == 1.0
 
 
 def test_pt2e_leaves_the_named_layer_float_and_lowers(tmp_path: Path) -> None:

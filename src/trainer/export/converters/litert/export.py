@@ -13,6 +13,7 @@ standard TFLite Metadata with labels.txt packed in (standard_metadata.py) for An
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
 from trainer.export.manifest import sha256, size_bytes
 from trainer.export.pixels import PixelNormalization
+from trainer.export.quantize.search import keep_float_search
 from trainer.export.verify import Predict, measured_metadata
 from trainer.utils.files import atomic_output
 from trainer.utils.native_output import native_output_to_log
@@ -93,9 +95,15 @@ def _quantized(job: ExportJob, precision: str, fp32_bytes: bytes, fp32_outputs: 
         _write(job, path, model_bytes, {"precision": precision})
         entry = job.add(path, format="litert", precision=precision, quantization=FP16_RECIPE, input=INPUT)
     else:
-        pixels = to_pixels(job.calibration, job.mean, job.std)
-        model_bytes = _int8(fp32_bytes, pixels)
-        _write(job, path, model_bytes, {"precision": precision})
+        pixels, ranges, built = to_pixels(job.calibration, job.mean, job.std), {}, [b""]
+
+        def build(layers: list[str]) -> Predict:
+            built[0] = _int8(fp32_bytes, pixels, ranges, layers)
+            _write(job, path, built[0], {"precision": precision})
+            return _predictor(path, job)
+
+        layers, search = keep_float_search(job, build, batch_size=1)
+        model_bytes = built[0]
         entry = job.add(
             path,
             format="litert",
@@ -103,6 +111,8 @@ def _quantized(job: ExportJob, precision: str, fp32_bytes: bytes, fp32_outputs: 
             quantization=INT8_RECIPE,
             calibration_images=len(pixels),
             input=INPUT,
+            float_layers=layers,
+            keep_float_search=search,
         )
     outputs = job.verify(entry, _predictor(path, job), job.reference)
     job.compare_with_fp32(f"litert_{precision}", entry, fp32_outputs, outputs)
@@ -184,26 +194,41 @@ def _fp16(fp32_bytes: bytes) -> bytes:
         return bytes(q.quantize().quantized_model)
 
 
-def _int8(fp32_bytes: bytes, pixels: np.ndarray) -> bytes:
-    """Full-integer int8 copy, calibrated on NHWC `pixels`, with float32 input and output kept.
+def _layer_scope(layer: str) -> str:
+    """The regex that finds a layer (module path in the classifier, e.g. features.1.conv.0.0) in
+    litert-torch's op names, which spell each module as <class>_<name> under the wrapper's `model`."""
+    parts = "/".join(rf"[^/;]*_{re.escape(part)}" for part in layer.split("."))
+    return rf"_model/{parts}(;|$)"
+
+
+def _int8(
+    fp32_bytes: bytes, pixels: np.ndarray, ranges: dict[str, Any], float_layers: Sequence[str] = ()
+) -> bytes:
+    """Full-integer int8 copy, calibrated on NHWC `pixels` (the tensor ranges are kept in `ranges` for the
+    next call), with float32 input and output kept and the `float_layers` (export.int8.keep_float) float.
 
     Each tensor's range is the min/max over all images (as TFLite's own converter calibrates): one
     `calibrate` call over all of them would smooth the ranges with a moving average (ai-edge-quantizer's
     default, not settable through `Quantizer`), which clipped the fine-tuned MobileNetV2's logits to about
     half their range. So every image is calibrated alone and the ranges are merged with `min_max_update`.
     """
-    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.utils.qsv_utils import min_max_update
 
     if not len(pixels):
         raise ValueError("no readable calibration images for int8 quantization")
     q = quantizer.Quantizer(bytearray(fp32_bytes), recipe.static_wi8_ai8())
     (name, (input_name, _)) = next(iter(signature(fp32_bytes).items()))
-    ranges: dict[str, Any] = {}
     with _quiet("ai-edge-quantizer"):
-        for image in pixels:
+        for image in pixels if not ranges else []:
             for tensor, qsv in q.calibrate({name: [{input_name: image[None]}]}).items():
                 ranges[tensor] = min_max_update(ranges.get(tensor, {}), qsv)
+        for layer in float_layers:
+            every_op = qtyping.TFLOperationName.ALL_SUPPORTED
+            q.update_quantization_recipe(
+                _layer_scope(layer), every_op, algorithm_key=AlgorithmName.NO_QUANTIZE
+            )
         quantized = q.quantize(ranges).quantized_model
     return float_io(bytes(quantized))
 
