@@ -18,8 +18,8 @@ from trainer.export.converters import onnx as onnx_format
 from trainer.export.converters.litert import export as litert_format
 from trainer.export.job import ExportJob
 from trainer.export.quantize import pt2e
-from trainer.export.quantize.search import float_weight_share, kl_divergence
-from trainer.export.quantize.sensitivity import rank_layers, weighted_layers
+from trainer.export.quantize.search import float_weight_share
+from trainer.export.quantize.sensitivity import kl_divergence, rank_layers, weighted_layers
 from trainer.export.quantize.settings import QatSettings
 from trainer.export.settings import ExportSettings
 from trainer.export.verify import run_batches, torch_predictor

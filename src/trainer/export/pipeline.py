@@ -68,11 +68,11 @@ def calibration_draw(paths: Sequence[str], label_of: Mapping[str, int], count: i
 
 
 def _training_draw(
-    paths: Sequence[str], label_of: Mapping[str, int], calibration: int, count: int, held_out: bool
+    paths: Sequence[str], label_of: Mapping[str, int], calibration: Sequence[str], count: int, held_out: bool
 ) -> list[str]:
-    """`count` training images drawn across classes; held_out: from those outside the calibration draw."""
+    """`count` training images drawn across classes; held_out: from those outside `calibration`."""
     if held_out:
-        drawn = set(calibration_draw(paths, label_of, calibration))
+        drawn = set(calibration)
         paths = [path for path in paths if path not in drawn]
     return calibration_draw(paths, label_of, count)
 
@@ -147,6 +147,8 @@ def _export_into(
     samples = _spread(val_samples, settings.verify.max_images)
     inputs, kept, unreadable = load_inputs([path for path, _ in samples], data_config)
     predict = torch_predictor(model)
+    label_of = dict(train_samples)
+    calibration = calibration_draw(calibration_paths, label_of, settings.calibration.images)
     job = ExportJob(
         model=model,
         classes=list(classes),
@@ -158,15 +160,10 @@ def _export_into(
         reference=run_batches(predict, inputs),
         example=torch.from_numpy(inputs[:1]) if len(inputs) else torch.randn(1, 3, image_size, image_size),
         model_metadata=ArtifactMetadata.build(classes, data_config, provenance, settings).to_dict(),
-        read_calibration=lambda: load_inputs(
-            calibration_draw(calibration_paths, dict(train_samples), settings.calibration.images), data_config
-        )[0],
+        read_calibration=lambda: load_inputs(calibration, data_config)[0],
         threads=torch.get_num_threads(),
         read_training=lambda count, held_out: load_inputs(
-            _training_draw(
-                calibration_paths, dict(train_samples), settings.calibration.images, count, held_out
-            ),
-            data_config,
+            _training_draw(calibration_paths, label_of, calibration, count, held_out), data_config
         )[0],
         val_paths=[samples[i][0] for i in kept],
     )

@@ -14,20 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 from trainer.export.job import ExportJob
-from trainer.export.quantize.sensitivity import WEIGHTED
+from trainer.export.quantize.sensitivity import WEIGHTED, kl_divergence
 from trainer.export.verify import Predict, run_batches
-
-
-def kl_divergence(reference: np.ndarray, outputs: np.ndarray) -> float:
-    """Mean KL(softmax(reference) || softmax(outputs)) over the rows."""
-    log_p = torch.log_softmax(torch.from_numpy(reference).double(), 1)
-    log_q = torch.log_softmax(torch.from_numpy(outputs).double(), 1)
-    return float((log_p.exp() * (log_p - log_q)).sum(1).mean())
 
 
 def _steps(most: int) -> list[int]:
