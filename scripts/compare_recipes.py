@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 
 import lightning as L
@@ -217,15 +218,14 @@ def run_job(job: tuple) -> dict:
 def run_jobs(jobs: list[tuple], workers: int, out: Path) -> None:
     """Run `jobs` (one process per worker, each taking the next job; rows in the order they finish) and
     append each finished row to `out`, so a stopped suite resumes where it was."""
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    rows = pool.imap_unordered(run_job, jobs) if pool else map(run_job, jobs)
-    for row in rows:
-        print(json.dumps(row), flush=True)
-        if "error" not in row:
-            with out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-    if pool:
-        pool.close()
+    with ExitStack() as stack:
+        spawn = multiprocessing.get_context("spawn")
+        pool = stack.enter_context(spawn.Pool(workers)) if workers > 1 else None
+        for row in pool.imap_unordered(run_job, jobs) if pool else map(run_job, jobs):
+            print(json.dumps(row), flush=True)
+            if "error" not in row:
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
 
 
 def run_in(name: str, base: list[str], size: int, epochs: int, seed: int) -> dict:

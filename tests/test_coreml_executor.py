@@ -189,7 +189,7 @@ def test_int8_size_expectation_at_alpha_035(tmp_path: Path) -> None:
     )
     fp16_bytes = coreml_convert.in_memory_weights_bytes(fp16)
     int8_path = tmp_path / "int8.mlpackage"
-    coreml_convert.compress(fp16, "int8", []).save(str(int8_path))
+    coreml_convert.compress(fp16, "int8").save(str(int8_path))
     ratio = coreml_convert.weights_bytes(int8_path) / fp16_bytes
     expected, problems = weight_ratio_problems(int8_path, "int8", ratio)
     assert problems == [] and ratio > 0.55 and expected > 0.53
@@ -217,3 +217,24 @@ def test_fp16_gate_forgives_only_near_ties() -> None:
     assert gate("fp16", tie)["passed"]
     assert clear["top1_agreement_beyond_ties"] == pytest.approx(2 / 3)
     assert not gate("fp16", clear)["passed"]
+
+
+def test_w8a8_is_calibrated_in_pytorch_and_runs_in_the_executor(tmp_path: Path) -> None:
+    """W8A8 (iOS17) without MLModel.predict: calibrated in PyTorch, converted, and run by the executor's
+    quantize/dequantize kernels; it answers as its PyTorch simulation does, close to fp32."""
+    model, inputs = small_net(), images()
+    quantized = coreml_convert.w8a8_module(model, np.concatenate([inputs, images()[::-1]]))
+    mlmodel = coreml_convert.convert(
+        quantized, image_size=SIZE, norm=NORM, classes=CLASSES, target_name="iOS17", precision="fp16"
+    )
+    ops = [op.op_type for op in mlmodel._mil_program.functions["main"].operations]
+    assert ops.count("quantize") >= 3 and ops.count("dequantize") >= 3  # activations, not only weights
+    path = tmp_path / "w8a8.mlpackage"
+    coreml_convert.save(mlmodel, path, settings=SETTINGS, model_metadata={}, classifier=True)
+    predict = reference_predictor(path, classes=CLASSES, mean=MEAN, std=STD)
+    probabilities = predict(inputs)
+    simulated = softmax(torch_predictor(quantized)(inputs))
+    fp32 = softmax(torch_predictor(model)(inputs))
+    assert np.abs(probabilities - simulated).max() < 0.02  # fp16 compute and rounding ties only
+    assert 0.001 < np.abs(probabilities - fp32).max() < 0.1  # quantized, and close
+    assert (probabilities.argmax(1) == fp32.argmax(1)).mean() >= 7 / 8

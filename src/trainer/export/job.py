@@ -95,7 +95,8 @@ class ExportJob:
         from trainer.export.quantize.sensitivity import RANKING_IMAGES, rank_layers
 
         started = time.perf_counter()
-        scores = rank_layers(self.model, self.calibration, self.holdout[0][:RANKING_IMAGES])
+        images, logits = self.holdout
+        scores = rank_layers(self.model, self.calibration, images[:RANKING_IMAGES], logits[:RANKING_IMAGES])
         log.info(
             "export: ranked %d layers by int8 sensitivity in %.1f s",
             len(scores),

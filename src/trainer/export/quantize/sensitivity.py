@@ -105,11 +105,14 @@ def _logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
     return run_batches(torch_predictor(model), images, batch_size=32)
 
 
-def rank_layers(model: nn.Module, calibration: np.ndarray, holdout: np.ndarray) -> list[LayerScore]:
-    """Every weighted layer's sensitivity, most sensitive first."""
+def rank_layers(
+    model: nn.Module, calibration: np.ndarray, holdout: np.ndarray, reference: np.ndarray | None = None
+) -> list[LayerScore]:
+    """Every weighted layer's sensitivity, most sensitive first; `reference`: the model's logits on
+    `holdout` when the caller has them."""
     layers = weighted_layers(model, torch.from_numpy(holdout[:1]))
     ranges = _input_ranges(model, layers, calibration)
-    reference = _logits(model, holdout)
+    reference = _logits(model, holdout) if reference is None else reference
     modules = dict(model.named_modules())
     scores = []
     for name in layers:

@@ -9,6 +9,7 @@ correction's coefficients are stored in fp16, so it is exact only to CORRECTION_
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -21,7 +22,6 @@ import coremltools as ct
 import coremltools.optimize.coreml as cto
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from trainer.export.converters.coreml.target import deployment_target
@@ -143,28 +143,74 @@ def convert(
         )
 
 
-def compress(base: ct.models.MLModel, variant: str, calibration: list[Image.Image]) -> ct.models.MLModel:
-    """A compressed copy of an fp16 model: 'int8', 'palettizeN' or 'w8a8' (see w8a8_skip_reason)."""
-    int8 = cto.OptimizationConfig(
-        global_config=cto.OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8", weight_threshold=WEIGHT_THRESHOLD
-        )
-    )
+def compress(base: ct.models.MLModel, variant: str) -> ct.models.MLModel:
+    """A weight-compressed copy of an fp16 model: 'int8' or 'palettizeN' (W8A8 is its own conversion:
+    w8a8_module)."""
     if variant == "int8":
-        return cto.linear_quantize_weights(base, int8)
-    bits = palette_bits(variant)
-    if bits is not None:
         config = cto.OptimizationConfig(
-            global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=WEIGHT_THRESHOLD)
+            global_config=cto.OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int8", weight_threshold=WEIGHT_THRESHOLD
+            )
         )
-        return cto.palettize_weights(base, config)
-    if variant == "w8a8":
-        activations = cto.OptimizationConfig(
-            global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric")
-        )
-        samples = [{INPUT_NAME: image} for image in calibration]
-        return cto.linear_quantize_weights(cto.linear_quantize_activations(base, activations, samples), int8)
-    raise ValueError(f"unknown Core ML compression variant '{variant}'")
+        return cto.linear_quantize_weights(base, config)
+    bits = palette_bits(variant)
+    if bits is None:
+        raise ValueError(f"unknown Core ML compression variant '{variant}'")
+    config = cto.OptimizationConfig(
+        global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=WEIGHT_THRESHOLD)
+    )
+    return cto.palettize_weights(base, config)
+
+
+def _quantizable(model: nn.Module) -> nn.Module:
+    """A copy of `model` that the quantizer traces in train mode (where it fuses Conv-BatchNorm pairs) as it
+    runs in eval mode: dropout and stochastic depth (timm's DropPath) off, and each BatchNorm subclass that
+    also applies its activation (timm's BatchNormAct2d, whose own forward would be traced computing batch
+    statistics) split into torch's BatchNorm2d followed by that activation."""
+    copied = copy.deepcopy(model)
+    for parent in list(copied.modules()):
+        for name, module in parent.named_children():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                module.p = 0.0
+            if hasattr(module, "drop_prob"):
+                module.drop_prob = 0.0
+            if isinstance(module, nn.BatchNorm2d) and type(module) is not nn.BatchNorm2d:
+                plain = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine)
+                plain.load_state_dict(module.state_dict(), strict=False)
+                setattr(parent, name, nn.Sequential(plain, getattr(module, "act", nn.Identity())))
+    return copied.train()
+
+
+def w8a8_module(model: nn.Module, calibration: np.ndarray) -> nn.Module:
+    """`model` with int8 weights (per channel) and int8 activations (per tensor, min/max over the normalized
+    `calibration` images), as coremltools.optimize.torch's LinearQuantizer makes it: ct.convert turns its
+    quantize/dequantize pairs into an iOS17 W8A8 program. Calibrated in PyTorch, so no MLModel.predict
+    (macOS) is needed, unlike coremltools.optimize.coreml.linear_quantize_activations. Prepared from train
+    mode so that each Conv-BatchNorm pair is fused and quantized as one (folded weights, the activation after
+    BatchNorm): from eval mode BatchNorm stayed apart and the conv's raw output was quantized (MobileNetV2 on
+    hymenoptera: KL from fp32 0.0096 and 95.4% agreement, against 0.0012 and 100% fused)."""
+    from coremltools.optimize.torch.quantization import LinearQuantizer, LinearQuantizerConfig
+
+    never = 2**31  # a LinearQuantizer milestone (step) that calibration never reaches
+
+    config = LinearQuantizerConfig.from_dict(
+        {
+            "global_config": {
+                "quantization_scheme": "affine",
+                "activation_observer": "min_max",
+                "weight_observer": "min_max",
+                "milestones": [0, never, never, 0],  # observers on, no fake quantization, BatchNorm frozen
+            }
+        }
+    )
+    quantizer = LinearQuantizer(_quantizable(model), config)
+    prepared = quantizer.prepare(example_inputs=(torch.from_numpy(calibration[:1]),), inplace=True)
+    quantizer.step()
+    prepared.eval()  # BatchNorm at its running statistics; the observers still record
+    with torch.no_grad():
+        for start in range(0, len(calibration), 16):
+            prepared(torch.from_numpy(calibration[start : start + 16]))
+    return quantizer.finalize(inplace=True).eval()
 
 
 def save(

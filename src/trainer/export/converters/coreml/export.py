@@ -25,6 +25,7 @@ from trainer.export.converters.coreml.convert import (
     convert,
     in_memory_weights_bytes,
     save,
+    w8a8_module,
     weights_bytes,
 )
 from trainer.export.converters.coreml.gates import (
@@ -77,20 +78,14 @@ def export(job: ExportJob) -> None:
     norm = ImageNormalization.from_stats(job.mean, job.std)
     target = job.settings.coreml.minimum_deployment_target
     bases: dict[str, Any] = {}
+    common = {"image_size": job.image_size, "norm": norm, "classes": job.classes, "target_name": target}
 
     def base(precision: str) -> Any:
         """The converted model at `precision`, converted once (None once it failed)."""
         if precision not in bases:
             bases[precision] = None
             with job.guard(f"coreml_{precision} conversion"):
-                bases[precision] = convert(
-                    job.model,
-                    image_size=job.image_size,
-                    norm=norm,
-                    classes=job.classes,
-                    target_name=target,
-                    precision=precision,
-                )
+                bases[precision] = convert(job.model, **common, precision=precision)
         return bases[precision]
 
     for variant in job.settings.coreml.quantize:
@@ -105,8 +100,10 @@ def export(job: ExportJob) -> None:
             continue
         with job.guard(name):
             mlmodel = base(precision)
-            if variant not in ("fp32", "fp16"):
-                mlmodel = compress(mlmodel, variant, to_pixels(job.calibration, job.mean, job.std))
+            if variant == "w8a8":
+                mlmodel = convert(w8a8_module(job.model, job.calibration), **common, precision="fp16")
+            elif variant not in ("fp32", "fp16"):
+                mlmodel = compress(mlmodel, variant)
             path = job.out_dir / FORMAT.file("classifier", variant=variant)
             save(mlmodel, path, settings=job.settings, model_metadata=job.model_metadata, classifier=True)
             extra: dict[str, Any] = {

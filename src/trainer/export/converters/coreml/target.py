@@ -27,6 +27,4 @@ def w8a8_skip_reason(target_name: str) -> str | None:
     """Why the W8A8 variant cannot be made here (None when it can)."""
     if deployment_target(target_name).value < ct.target.iOS17.value:
         return f"w8a8 needs minimum_deployment_target iOS17 or later, not {target_name}"
-    if sys.platform != "darwin":
-        return "w8a8 calibrates activations by running the model (MLModel.predict), which needs macOS"
     return None

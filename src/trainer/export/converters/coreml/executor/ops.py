@@ -4,7 +4,9 @@ Each kernel takes the op's inputs by their MIL names: tensors for values compute
 values or tensors for constants. Semantics follow coremltools' op definitions (`mil/ops/defs/iOS15`): conv and
 pooling padding (`pad_type` valid / same / same_lower / custom, `pad` as [before, after] per spatial axis),
 `sigmoid_hard` = min(max(alpha * x + beta, 0), 1), `thresholded_relu` = x where x >= alpha else 0,
-`batch_norm` = gamma * (x - mean) / sqrt(variance + epsilon) + beta. Rounding to fp16 is the executor's job.
+`batch_norm` = gamma * (x - mean) / sqrt(variance + epsilon) + beta, `quantize` = clip(round(x / scale) +
+zero_point) to int8 / uint8 (iOS17: W8A8 activations; integers kept in float tensors) and `dequantize` =
+(x - zero_point) * scale. Rounding to fp16 is the executor's job.
 """
 
 from __future__ import annotations
@@ -187,6 +189,35 @@ def classify(probabilities: torch.Tensor, classes: Sequence[str]) -> tuple[list[
     return labels, probabilities
 
 
+INTEGER_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def _along(value: Any, axis: int | None, rank: int) -> torch.Tensor:
+    """A quantization scale or zero point, scalar or one per element of `axis`, shaped to broadcast."""
+    tensor = torch.as_tensor(value, dtype=torch.float32)
+    if tensor.dim() == 0:
+        return tensor
+    shape = [1] * rank
+    shape[axis if axis is not None else 0] = -1
+    return tensor.reshape(shape)
+
+
+def quantize(
+    input: torch.Tensor, scale: Any, output_dtype: str, zero_point: Any = 0, axis: int | None = None
+) -> torch.Tensor:
+    if output_dtype not in INTEGER_RANGES:
+        raise ValueError(f"quantize: unsupported output_dtype '{output_dtype}' (int8, uint8)")
+    low, high = INTEGER_RANGES[output_dtype]
+    rank = input.dim()
+    q = torch.round(input.float() / _along(scale, axis, rank)) + _along(zero_point, axis, rank)
+    return q.clamp(low, high)
+
+
+def dequantize(input: torch.Tensor, scale: Any, zero_point: Any = 0, axis: int | None = None) -> torch.Tensor:
+    rank = input.dim()
+    return (input - _along(zero_point, axis, rank)) * _along(scale, axis, rank)
+
+
 def _unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> Kernel:
     return lambda x: fn(x)
 
@@ -218,4 +249,6 @@ KERNELS: dict[str, Kernel] = {
     "reshape": reshape,
     "softmax": softmax,
     "classify": classify,
+    "quantize": quantize,
+    "dequantize": dequantize,
 }
