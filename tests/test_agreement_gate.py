@@ -92,3 +92,21 @@ def test_the_threshold_is_a_setting(tmp_path: Path) -> None:
         ValueError, match=r"^export.min_agreement=1.5: a share of val photos, between 0 and 1"
     ):
         ExportSettings.from_config(export_config(min_agreement=1.5))
+
+
+def test_an_int8_copy_not_faster_than_fp32_is_a_warning(tmp_path: Path) -> None:
+    """Latency against the format's fp32 file, both measured in the same export: a mixed-precision ONNX copy
+    can be slower than fp32 (trashnet, 128 px: 1.3-1.6x), and the warning names what to change."""
+    labels = np.arange(PHOTOS) % 3
+    job = synthetic_job(tmp_path, labels)
+    fp32 = np.eye(3, dtype=np.float32)[labels]
+    job.artifacts.append({"format": "onnx", "kind": "classifier", "precision": "fp32", "latency_ms": 2.0})
+    fast, slow = ({"latency_ms": ms, "float_layers": ["features.0.0"]} for ms in (1.4, 2.6))
+    for name, entry in (("fast", fast), ("slow", slow)):
+        entry.update(_measure(job, name, fp32, fp32), latency_ms=entry["latency_ms"])
+        job.check_latency(name, entry)
+    assert fast["latency_vs_fp32"] == 0.7 and slow["latency_vs_fp32"] == 1.3
+    assert job.warnings == [
+        "slow is not faster than its fp32 file: 1.3x its latency; export.int8.keep_float=auto kept 1 layer "
+        "float (export.int8.keep_float=none: the fastest copy)"
+    ]
