@@ -29,6 +29,8 @@ from trainer.export.converters.coreml.variants import WEIGHT_THRESHOLD, palette_
 from trainer.export.converters.tracing import trace
 from trainer.export.manifest import size_bytes
 from trainer.export.pixels import PixelNormalization
+from trainer.export.quantize.distill import distill
+from trainer.export.quantize.settings import QatSettings
 from trainer.export.settings import ExportSettings
 from trainer.utils.files import atomic_output
 
@@ -181,28 +183,30 @@ def _quantizable(model: nn.Module) -> nn.Module:
     return copied.train()
 
 
-def w8a8_module(model: nn.Module, calibration: np.ndarray) -> nn.Module:
+def w8a8_module(
+    model: nn.Module,
+    calibration: np.ndarray,
+    qat: QatSettings | None = None,
+    images: np.ndarray | None = None,
+) -> tuple[nn.Module, dict[str, Any] | None]:
     """`model` with int8 weights (per channel) and int8 activations (per tensor, min/max over the normalized
     `calibration` images), as coremltools.optimize.torch's LinearQuantizer makes it: ct.convert turns its
     quantize/dequantize pairs into an iOS17 W8A8 program. Calibrated in PyTorch, so no MLModel.predict
     (macOS) is needed, unlike coremltools.optimize.coreml.linear_quantize_activations. Prepared from train
     mode so that each Conv-BatchNorm pair is fused and quantized as one (folded weights, the activation after
     BatchNorm): from eval mode BatchNorm stayed apart and the conv's raw output was quantized (MobileNetV2 on
-    hymenoptera: KL from fp32 0.0096 and 95.4% agreement, against 0.0012 and 100% fused)."""
+    hymenoptera: KL from fp32 0.0096 and 95.4% agreement, against 0.0012 and 100% fused).
+
+    With `qat` (export.int8.method=qat) the calibrated copy then learns the fp32 model's answers on `images`
+    with fake quantization on (distill.py), and its quantizers keep the ranges it trained with; returns the
+    module and that run's record (None without QAT)."""
     from coremltools.optimize.torch.quantization import LinearQuantizer, LinearQuantizerConfig
 
-    never = 2**31  # a LinearQuantizer milestone (step) that calibration never reaches
-
-    config = LinearQuantizerConfig.from_dict(
-        {
-            "global_config": {
-                "quantization_scheme": "affine",
-                "activation_observer": "min_max",
-                "weight_observer": "min_max",
-                "milestones": [0, never, never, 0],  # observers on, no fake quantization, BatchNorm frozen
-            }
-        }
-    )
+    # LinearQuantizer milestones (steps; -1: never): observers on and BatchNorm frozen at step 0, fake
+    # quantization from step 1 (after calibration) for QAT only
+    milestones = [0, 1 if qat else -1, -1, 0]
+    config = {"quantization_scheme": "affine", "activation_observer": "min_max", "weight_observer": "min_max"}
+    config = LinearQuantizerConfig.from_dict({"global_config": {**config, "milestones": milestones}})
     quantizer = LinearQuantizer(_quantizable(model), config)
     prepared = quantizer.prepare(example_inputs=(torch.from_numpy(calibration[:1]),), inplace=True)
     quantizer.step()
@@ -210,7 +214,11 @@ def w8a8_module(model: nn.Module, calibration: np.ndarray) -> nn.Module:
     with torch.no_grad():
         for start in range(0, len(calibration), 16):
             prepared(torch.from_numpy(calibration[start : start + 16]))
-    return quantizer.finalize(inplace=True).eval()
+    record = None
+    if qat is not None and images is not None:
+        quantizer.step()
+        record = distill(prepared, model, images, qat)
+    return quantizer.finalize(inplace=True).eval(), record
 
 
 def save(

@@ -99,17 +99,15 @@ def export(job: ExportJob) -> None:
             job.skip(name, f"the Core ML {precision} conversion failed")
             continue
         with job.guard(name):
-            mlmodel = base(precision)
+            mlmodel, extra = base(precision), {"minimum_deployment_target": target}
             if variant == "w8a8":
-                mlmodel = convert(w8a8_module(job.model, job.calibration), **common, precision="fp16")
+                mlmodel, qat = _w8a8(job, common)
+                extra.update(qat)
             elif variant not in ("fp32", "fp16"):
                 mlmodel = compress(mlmodel, variant)
             path = job.out_dir / FORMAT.file("classifier", variant=variant)
             save(mlmodel, path, settings=job.settings, model_metadata=job.model_metadata, classifier=True)
-            extra: dict[str, Any] = {
-                "minimum_deployment_target": target,
-                "weights_bytes": weights_bytes(path),
-            }
+            extra["weights_bytes"] = weights_bytes(path)
             if compressed_bits(variant) is not None:
                 ratio = extra["weights_bytes"] / in_memory_weights_bytes(base("fp16"))
                 expected, problems = weight_ratio_problems(path, variant, ratio)
@@ -120,6 +118,16 @@ def export(job: ExportJob) -> None:
             save(mlmodel, path, settings=job.settings, model_metadata=metadata, classifier=True)
             job.add(path, format="coreml", precision=variant, **extra, **stats)
             job.fail(name, _check_saved(job, path, norm, job.classes, metadata))
+
+
+def _w8a8(job: ExportJob, common: dict[str, Any]) -> tuple[ct.models.MLModel, dict[str, Any]]:
+    """The W8A8 program (convert.w8a8_module), quantization-aware with export.int8.method=qat; and the
+    QAT record for the manifest entry (empty without QAT)."""
+    settings = job.settings.int8
+    qat = settings.qat if settings.method == "qat" else None
+    images = job.read_training(qat.images, False) if qat else None
+    quantized, record = w8a8_module(job.model, job.calibration, qat, images)
+    return convert(quantized, **common, precision="fp16"), {"qat": record} if record else {}
 
 
 def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray) -> None:
