@@ -257,10 +257,11 @@ def w8a8_answers(
 
 @pytest.mark.slow
 def test_w8a8_qat_lifts_agreement_where_ptq_falls_short(tmp_path: Path) -> None:
-    """Calibrated on 2 dim images, the W8A8 copy's activation ranges are too narrow for the rest (35% agreement
-    with fp32 here); the quantization-aware fine-tune (export.int8.method=qat) on 256 training images agreed
-    on 96%, measured in the executor on 256 held-out images. Its observers keep recording while it trains,
-    so the ranges grow to the training images as the weights learn (its first steps' KL is already low)."""
+    """Calibrated on 2 dim images, the W8A8 copy's activation ranges are too narrow for the rest (35%
+    agreement with fp32 here); the quantization-aware fine-tune (export.int8.method=qat) on 256 training
+    images agreed on 96%, measured in the executor on 256 held-out images. Its observers keep recording while
+    it trains, so the ranges grow to the training images as the weights learn (its first steps' KL is
+    already low)."""
     model, calibration = small_net(), images(2, 2) * 0.25
     with torch.no_grad():  # logits centred so that the answers vary with the image (else one class wins)
         model[-1].bias -= model(torch.from_numpy(images(256, 5))).mean(0)
