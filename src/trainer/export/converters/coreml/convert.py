@@ -218,6 +218,7 @@ def w8a8_module(
     if qat is not None and images is not None:
         quantizer.step()
         record = distill(prepared, model, images, qat)
+        prepared.apply(torch.ao.quantization.disable_observer)  # ranges fixed: tracing runs it twice
     return quantizer.finalize(inplace=True).eval(), record
 
 
