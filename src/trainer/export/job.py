@@ -180,16 +180,13 @@ class ExportJob:
         (`latency_vs_fp32`); a copy that is not faster is a warning naming the float layers it kept: in ONNX
         a layer kept float makes the one in front write float too (measured on trashnet at 128 px: all-int8
         0.73x fp32, eight layers float 1.3-1.6x)."""
-        fp32 = next(
-            (
-                a
-                for a in self.artifacts
-                if (a["format"], a["kind"], a["precision"]) == (entry["format"], entry["kind"], "fp32")
-            ),
-            None,
-        )
-        if entry["precision"] != "int8" or not (fp32 and fp32.get("latency_ms") and entry.get("latency_ms")):
+        if entry.get("precision") != "int8" or not entry.get("latency_ms"):
             return  # fp16 copies are for size: on a CPU they run as fp32
+        same = (entry.get("format"), entry.get("kind"), "fp32")
+        key = ("format", "kind", "precision")
+        fp32 = next((a for a in self.artifacts if tuple(a.get(k) for k in key) == same), None)
+        if not (fp32 and fp32.get("latency_ms")):
+            return
         entry["latency_vs_fp32"] = round(entry["latency_ms"] / fp32["latency_ms"], 2)
         if entry["latency_vs_fp32"] >= 1.0:
             kept = entry.get("float_layers") or []
