@@ -102,10 +102,11 @@ def test_an_int8_copy_not_faster_than_fp32_is_a_warning(tmp_path: Path) -> None:
     fp32 = np.eye(3, dtype=np.float32)[labels]
     job.artifacts.append({"format": "onnx", "kind": "classifier", "precision": "fp32", "latency_ms": 2.0})
     fast, slow = ({"latency_ms": ms, "float_layers": ["features.0.0"]} for ms in (1.4, 2.6))
-    for name, entry in (("fast", fast), ("slow", slow)):
+    all_int8 = {"latency_ms": 2.6, "float_layers": []}  # slower too, but nothing to change: recorded only
+    for name, entry in (("fast", fast), ("slow", slow), ("all_int8", all_int8)):
         entry.update(_measure(job, name, fp32, fp32), latency_ms=entry["latency_ms"])
         job.check_latency(name, entry)
-    assert fast["latency_vs_fp32"] == 0.7 and slow["latency_vs_fp32"] == 1.3
+    assert fast["latency_vs_fp32"] == 0.7 and slow["latency_vs_fp32"] == all_int8["latency_vs_fp32"] == 1.3
     assert job.warnings == [
         "slow is not faster than its fp32 file: 1.3x its latency; export.int8.keep_float=auto kept 1 layer "
         "float (export.int8.keep_float=none: the fastest copy)"
