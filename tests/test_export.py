@@ -398,9 +398,9 @@ def test_every_coreml_variant_is_measured(exported: dict) -> None:
     p_value = round(sign_test(lost, gained), 4)
     assert palettized["gate"]["p_value"] == palettized["top1_drop_p_value_vs_pytorch"] == p_value
     agreement = palettized["agreement_gate"]  # compressed copies also answer to the agreement gate
-    assert agreement["rule"] == "top1_agreement >= 0.97"
+    assert agreement["rule"] == "top1_agreement >= 0.95"
     assert agreement["value"] == round(palettized["top1_agreement"], 4)
-    assert agreement["passed"] == (palettized["top1_agreement"] >= 0.97)
+    assert agreement["passed"] == (palettized["top1_agreement"] >= 0.95)
     assert fp16["agreement_gate"] is None  # fp16 answers to its own agreement gate (99.5%)
     card = (out / "README.md").read_text()
     drop = entry(manifest, "ImageClassifier_int8.mlpackage")["top1_drop_vs_pytorch"]

@@ -232,7 +232,7 @@ class ExportSettings:
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError(
                 f"export.min_agreement={self.min_agreement}: a share of val photos, between 0 and 1 "
-                "(e.g. 0.97: a quantized copy must pick fp32 PyTorch's class on 97% of them)"
+                "(e.g. 0.95: a quantized copy must pick fp32 PyTorch's class on 95% of them)"
             )
         self._validate_int8()
         if self.updatable is not None and self.updatable not in UPDATABLE_KINDS:
