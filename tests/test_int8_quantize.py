@@ -89,6 +89,7 @@ def test_auto_keeps_the_sensitive_layer_float_in_onnx(tmp_path: Path) -> None:
     entry = next(a for a in job.artifacts if a["precision"] == "int8")
     search = entry["keep_float_search"]
     assert entry["float_layers"] == ["3"] and len(entry["float_nodes"]) == 1
+    assert search["holdout"] == "held-out training images"
     assert search["tried"][0]["holdout_kl"] > 1e-3 >= search["holdout_kl"] == search["tried"][1]["holdout_kl"]
     graph = onnx.load(str(tmp_path / "model_int8.onnx")).graph
     producers = {out: n.op_type for n in graph.node for out in n.output}
@@ -100,6 +101,18 @@ def test_auto_keeps_the_sensitive_layer_float_in_onnx(tmp_path: Path) -> None:
     plain_entry = next(a for a in plain.artifacts if a["precision"] == "int8")
     assert plain_entry["float_nodes"] == [] and plain_entry["keep_float_search"] == {"keep_float": "none"}
     assert entry["top1_agreement"] >= plain_entry["top1_agreement"]
+
+
+def test_a_few_shot_set_steers_keep_float_by_its_calibration_images(tmp_path: Path) -> None:
+    """Every training image calibrates, so none is held out: the search runs on the calibration images
+    (in-sample) rather than not at all, and says so in the manifest."""
+    job = _job(tmp_path, outlier_net(), **{"int8.max_kl": 1e-3})
+    job.read_training = lambda count, held_out: _images(0 if held_out else count, 4)
+    onnx_format.export(job)
+    entry = next(a for a in job.artifacts if a["precision"] == "int8")
+    search = entry["keep_float_search"]
+    assert search["holdout"] == "the calibration images (no others)" and search["holdout_images"] == 16
+    assert entry["float_layers"] == ["3"] and search["tried"][0]["holdout_kl"] > 1e-3 >= search["holdout_kl"]
 
 
 def test_auto_keeps_layers_float_in_litert(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def keep_float_search(
     images, reference = job.holdout
     if not len(images):
         build([])
-        return [], {"keep_float": "auto", "skipped": "no training images outside the calibration draw"}
+        return [], {"keep_float": "auto", "skipped": "no training images"}
     trail: list[dict[str, Any]] = []
     chosen: list[str] = []
     for count in _steps(settings.max_float_layers):
@@ -60,6 +60,7 @@ def keep_float_search(
         chosen = layers
         if kl <= settings.max_kl or len(layers) < count:
             break
+    source = "the calibration images (no others)" if job.holdout_in_sample else "held-out training images"
     best = min(range(len(trail)), key=lambda i: (trail[i]["holdout_kl"], i))
     if trail[best]["float_layers"] != len(chosen):
         chosen = job.ranking[: trail[best]["float_layers"]]
@@ -68,6 +69,7 @@ def keep_float_search(
         "keep_float": "auto",
         "max_kl": settings.max_kl,
         "holdout_images": len(images),
+        "holdout": source,
         "holdout_kl": trail[best]["holdout_kl"],
         "tried": trail,
         "float_weight_share": round(float_weight_share(job.model, chosen), 4),
