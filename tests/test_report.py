@@ -13,6 +13,7 @@ import yaml
 
 from trainer.reports import build_report, main
 from trainer.reports.collect import FAILED, INCOMPLETE, OK, collect_runs, log_error
+from trainer.reports.quantized import pool_copies
 from trainer.reports.table import pareto_flags
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -242,3 +243,52 @@ def test_half_written_metrics_reads_as_unfinished(tmp_path: Path) -> None:
 def test_no_runs_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path)]) == 2
     assert "no runs under" in capsys.readouterr().err
+
+
+def add_int8_figures(run_dir: Path, photos: int, lost_gained: list[int], agreement: float) -> None:
+    """The ONNX int8 entry's agreement gate and photos lost / gained, as the export writes them; the
+    Core ML int8 entry measured against PyTorch (no Core ML fp32 file off macOS)."""
+    path = run_dir / "export" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["val_images"] = photos
+    gate = {"rule": "top1_agreement >= 0.95", "passed": agreement >= 0.95}
+    for entry in manifest["artifacts"]:
+        if entry["precision"] == "int8":
+            entry |= {"top1_agreement": agreement, "agreement_gate": gate}
+            entry["top1_images_lost_gained"] = lost_gained
+    coreml = {"format": "coreml", "precision": "int8", "kind": "classifier", "top1_agreement": 0.99}
+    coreml |= {"agreement_gate": gate | {"passed": True}, "top1_images_lost_gained_vs_pytorch": [0, 1]}
+    manifest["artifacts"].append(coreml)
+    path.write_text(json.dumps(manifest))
+
+
+def test_compressed_copies_are_pooled_over_runs_gathered_by_links(tmp_path: Path) -> None:
+    """Two runs on 150-photo sets, each losing a photo or two net: alone each is a 0.67-1.3 point drop, pooled
+    the interval says what the suite can tell; the runs live elsewhere and are gathered by links."""
+    elsewhere = tmp_path / "elsewhere"
+    for name, lost_gained, agreement in (("a", [2, 0], 0.94), ("b", [3, 2], 0.98)):
+        write_finished(elsewhere / name, 1.0, 569.0, 0.7)
+        add_int8_figures(elsewhere / name, 150, lost_gained, agreement)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    for name in ("a", "b"):
+        (suite / name).symlink_to(elsewhere / name, target_is_directory=True)
+
+    runs = collect_runs(suite)
+    assert [run.path.name for run in runs] == ["a", "b"]
+    onnx, coreml = pool_copies(runs)
+    assert (onnx.key, onnx.photos, onnx.lost, onnx.gained, onnx.gate_passed) == ("onnx_int8", 300, 5, 2, 1)
+    assert onnx.drop_points == pytest.approx(1.0)
+    low, high = onnx.drop_interval  # 7 discordant photos of 300: +-1.96 * sqrt(7 - 3**2 / 300) photos
+    assert (low, high) == pytest.approx((1.0 - 1.7248, 1.0 + 1.7248), abs=1e-3)
+    assert onnx.p_value == pytest.approx(29 / 128)  # P(at least 5 of 7 lost) under no difference
+    assert (coreml.key, coreml.lost, coreml.gained) == ("coreml_int8", 0, 2)
+
+    report = build_report(suite).read_text()
+    row = "| onnx_int8 | 2 | 94.0% / 96.0% | 1 of 2 | 5 / 2 of 300 | +1.00 pts (-0.72 to +2.72) | 0.23 |"
+    assert row in report
+    assert "| coreml_int8 | 2 |" in report
+
+
+def test_no_compressed_copies_no_section(sweep: Path) -> None:
+    assert "Compressed copies" not in build_report(sweep).read_text()

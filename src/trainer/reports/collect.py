@@ -67,12 +67,14 @@ def _natural_key(path: Path) -> list[Any]:
 
 
 def find_run_dirs(root: Path) -> list[Path]:
-    """`root` itself when it is a run, else every run folder below it, in job order."""
+    """`root` itself when it is a run, else every run folder below it, in job order: a folder of links to
+    runs (a suite gathered from several places) counts too."""
     root = Path(root)
     if is_run_dir(root):
         return [root]
     found = {p.parent for name in (METRICS_NAME, BENCHMARK_NAME) for p in root.rglob(name)}
     found |= {p.parent.parent for p in root.rglob(CONFIG_PATH.as_posix())}
+    found |= {child for child in root.iterdir() if is_run_dir(child)}  # also links to runs kept elsewhere
     return sorted(found, key=_natural_key)
 
 

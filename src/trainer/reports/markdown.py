@@ -8,6 +8,7 @@ from typing import Any
 
 from trainer.reports.collect import BENCHMARK, FAILED, INCOMPLETE, OK, Run
 from trainer.reports.plots import run_label
+from trainer.reports.quantized import quantized_markdown
 from trainer.reports.table import IDENTITY_COLUMNS, LATENCY_PREFIX, SIZE_PREFIX, Table
 
 _HEADERS = {
@@ -99,6 +100,7 @@ def render(table: Table, runs: list[Run], root: Path, plots: dict[str, Path | No
         lines += ["## Pareto front (top-1 against MMACs)", ""]
         lines += [f"- {run_label(r)}: {_cell(r['mmacs'])} MMACs, {_cell(r['top1'])} % top-1" for r in front]
         lines.append("")
+    lines += quantized_markdown(runs)
     lines += ["## Plots", ""]
     for title, path in plots.items():
         lines += [f"![{title}]({path.name})" if path else f"{title}: no run has these figures yet.", ""]
