@@ -15,6 +15,7 @@ from torch import nn
 
 from trainer.export.converters import executorch as executorch_format
 from trainer.export.converters import onnx as onnx_format
+from trainer.export.converters.coreml import export as coreml_format
 from trainer.export.converters.litert import export as litert_format
 from trainer.export.job import ExportJob
 from trainer.export.quantize import pt2e
@@ -113,6 +114,47 @@ def test_a_few_shot_set_steers_keep_float_by_its_calibration_images(tmp_path: Pa
     search = entry["keep_float_search"]
     assert search["holdout"] == "the calibration images (no others)" and search["holdout_images"] == 16
     assert entry["float_layers"] == ["3"] and search["tried"][0]["holdout_kl"] > 1e-3 >= search["holdout_kl"]
+
+
+def dead_feature_net() -> nn.Module:
+    """A head with a weight of 300 on a feature that never fires (a ReLU channel whose input is always
+    negative) and small weights on the rest, as a linear probe fitted on 40 photos left one: per-channel
+    int8 gives each class's row a step of 300/127, which rounds every live weight to zero."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 768, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(768, len(CLASSES)),
+    ).eval()
+    with torch.no_grad():
+        model[2].weight[0] = 0.0
+        model[2].bias[0] = -1.0
+        model[6].weight.normal_(0, 0.5)
+        model[6].weight[:, 0] = 300.0
+    return model
+
+
+def test_auto_keeps_the_coreml_head_fp16_where_int8_rounds_it_away(tmp_path: Path) -> None:
+    """Core ML int8 and palettized copies keep the head's weight fp16 by its const name when that brings the
+    held-out KL under max_kl; the all-int8 copy of this net answers like fp32 on few photos."""
+    settings = {"formats": ["coreml"], "coreml.quantize": ["int8"], "int8.max_kl": 1e-3}
+    job = _job(tmp_path, dead_feature_net(), **settings)
+    coreml_format.export(job)
+    assert not job.errors, job.errors
+    entry = next(a for a in job.artifacts if a["precision"] == "int8")
+    assert entry["float_layers"] == ["6"] and entry["fp16_weights"] == ["model_6_weight_to_fp16"]
+    search = entry["keep_float_search"]
+    assert search["tried"][0]["holdout_kl"] > 1e-3 >= search["holdout_kl"], search
+    plain = _job(tmp_path / "plain", dead_feature_net(), **settings, **{"int8.keep_float": "none"})
+    (tmp_path / "plain").mkdir()
+    coreml_format.export(plain)
+    plain_entry = next(a for a in plain.artifacts if a["precision"] == "int8")
+    assert plain_entry["float_layers"] == [] and plain_entry["top1_agreement"] < 0.8
+    assert entry["top1_agreement"] >= 0.95 and plain_entry["weights_bytes"] < entry["weights_bytes"]
 
 
 def test_auto_keeps_layers_float_in_litert(tmp_path: Path) -> None:

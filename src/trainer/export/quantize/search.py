@@ -38,11 +38,22 @@ def float_weight_share(model: nn.Module, layers: list[str]) -> float:
 
 
 def keep_float_search(
-    job: ExportJob, build: Callable[[list[str]], Predict], batch_size: int = 16
+    job: ExportJob,
+    build: Callable[[list[str]], Predict],
+    batch_size: int = 16,
+    keepable: Callable[[str], bool] | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """Build the int8 copy (`build(float_layers)` writes it and returns its predictor) with the layers kept
-    float that export.int8.keep_float asks for; returns them and the record for the manifest entry."""
+    float that export.int8.keep_float asks for; returns them and the record for the manifest entry.
+    `keepable`: which layers of the ranking's top max_float_layers the format can keep float (default:
+    all of the ranking)."""
     settings = job.settings.int8
+
+    def ranked(count: int) -> list[str]:
+        if keepable is None:
+            return job.ranking[:count]
+        return [layer for layer in job.ranking[: settings.max_float_layers] if keepable(layer)][:count]
+
     if settings.keep_float == "none":
         build([])
         return [], {"keep_float": "none"}
@@ -54,7 +65,9 @@ def keep_float_search(
     trail: list[dict[str, Any]] = []
     chosen: list[str] = []
     for count in _steps(settings.max_float_layers):
-        layers = job.ranking[:count] if count else []
+        layers = ranked(count) if count else []
+        if trail and len(layers) == trail[-1]["float_layers"]:
+            break  # no further layer this format can keep float
         kl = kl_divergence(reference, run_batches(build(layers), images, batch_size))
         trail.append({"float_layers": len(layers), "holdout_kl": round(kl, 6)})
         chosen = layers
@@ -63,7 +76,7 @@ def keep_float_search(
     source = "the calibration images (no others)" if job.holdout_in_sample else "held-out training images"
     best = min(range(len(trail)), key=lambda i: (trail[i]["holdout_kl"], i))
     if trail[best]["float_layers"] != len(chosen):
-        chosen = job.ranking[: trail[best]["float_layers"]]
+        chosen = ranked(trail[best]["float_layers"])
         build(chosen)
     record = {
         "keep_float": "auto",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.export.converters.coreml.executor.program import parse_program
 from trainer.export.converters.coreml.target import deployment_target
 from trainer.export.converters.coreml.variants import WEIGHT_THRESHOLD, palette_bits
 from trainer.export.converters.tracing import trace
@@ -86,6 +87,9 @@ class ImageNormalization:
         return (self.scale * pixels.astype(np.float64) + bias).astype(np.float32)
 
 
+WRAPPED_PREFIX = "model_"  # CoreMLWrapper.model: coremltools names a weight const after its parameter's path
+
+
 class CoreMLWrapper(nn.Module):
     """The graph Core ML runs: per-channel correction, the model, then softmax (classifier) or flatten."""
 
@@ -145,23 +149,40 @@ def convert(
         )
 
 
-def compress(base: ct.models.MLModel, variant: str) -> ct.models.MLModel:
+def compress(base: ct.models.MLModel, variant: str, keep: Sequence[str] = ()) -> ct.models.MLModel:
     """A weight-compressed copy of an fp16 model: 'int8' or 'palettizeN' (W8A8 is its own conversion:
-    w8a8_module)."""
+    w8a8_module); the weight consts named in `keep` stay fp16 (named_weights)."""
+    skipped: dict[str, Any] = dict.fromkeys(keep)
     if variant == "int8":
         config = cto.OptimizationConfig(
             global_config=cto.OpLinearQuantizerConfig(
                 mode="linear_symmetric", dtype="int8", weight_threshold=WEIGHT_THRESHOLD
-            )
+            ),
+            op_name_configs=skipped,
         )
         return cto.linear_quantize_weights(base, config)
     bits = palette_bits(variant)
     if bits is None:
         raise ValueError(f"unknown Core ML compression variant '{variant}'")
     config = cto.OptimizationConfig(
-        global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=WEIGHT_THRESHOLD)
+        global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=WEIGHT_THRESHOLD),
+        op_name_configs=skipped,
     )
     return cto.palettize_weights(base, config)
+
+
+def weight_consts(base: ct.models.MLModel) -> set[str]:
+    """The names of the converted program's const ops (weights among them)."""
+    program = parse_program(base.get_spec(), base.weights_dir)
+    return {op.name for op in program.functions["main"].operations if op.op_type == "const"}
+
+
+def weight_const(consts: set[str], layer: str) -> str | None:
+    """The weight const of `layer` (a module name) where the program still names it after its module
+    (`model_classifier_weight_to_fp16`): the Linear head, in practice. A conv folded with its BatchNorm at
+    conversion gets an anonymous const (`const_12_to_fp16`) and cannot be kept by name."""
+    stem = f"{WRAPPED_PREFIX}{layer.replace('.', '_')}_weight"
+    return next((c for c in sorted(consts) if c == stem or c.startswith(f"{stem}_to_")), None)
 
 
 def _quantizable(model: nn.Module) -> nn.Module:

@@ -112,12 +112,15 @@ def gate_problem(name: str, check: dict[str, Any] | None) -> list[str]:
     return [f"{name}: failed check {check['rule']}: measured {check['value']}{p_value}"]
 
 
-def weight_ratio_problems(package: Path, variant: str, ratio: float) -> tuple[float, list[str]]:
+def weight_ratio_problems(
+    package: Path, variant: str, ratio: float, kept: Sequence[str] = ()
+) -> tuple[float, list[str]]:
     """The weight size (fraction of fp16) a compressed package should have given what it compressed, and
     the problems when its actual `ratio` is larger or weights it should have compressed stayed in fp16.
 
     coremltools compresses conv/linear weights of at least WEIGHT_THRESHOLD elements and leaves smaller
-    ones (and biases) in fp16, so small models (e.g. alpha 0.35) rightly land above bits/16. The expected
+    ones (and biases) in fp16, so small models (e.g. alpha 0.35) rightly land above bits/16; so do the
+    weights `kept` fp16 on purpose (export.int8.keep_float). The expected
     ratio is (compressed elements * bits/16 + fp16 elements) / all elements; scales, look-up tables and blob
     headers come on top (RATIO_MARGIN).
     """
@@ -137,7 +140,7 @@ def weight_ratio_problems(package: Path, variant: str, ratio: float) -> tuple[fl
                 compressed += elements
             else:
                 plain += elements
-                if key == "weight" and elements >= WEIGHT_THRESHOLD:
+                if key == "weight" and elements >= WEIGHT_THRESHOLD and var.op.name not in kept:
                     missed.append(f"{op.name} ({elements} elements)")
     total = compressed + plain
     expected = (compressed * bits / 16 + plain) / total if total else 1.0

@@ -71,20 +71,26 @@ def _shape(var: Any) -> tuple[int, ...] | None:
 def load_program(package: Path) -> tuple[Any, Any]:
     """The package's spec and its parsed MIL program (coremltools' own loader, quiet about its passes)."""
     import coremltools as ct
-    from coremltools.converters.mil.frontend.milproto.load import load
 
     spec = ct.models.utils.load_spec(str(package))
     if spec.WhichOneof("Type") != "mlProgram":
         raise ValueError(f"{package}: not an ML Program (model type '{spec.WhichOneof('Type')}')")
+    return spec, parse_program(spec, package / WEIGHTS_DIR)
+
+
+def parse_program(spec: Any, weights_dir: Path | str) -> Any:
+    """The MIL program of an ML Program spec whose weights lie in `weights_dir` (also an unsaved MLModel's
+    `weights_dir`)."""
+    from coremltools.converters.mil.frontend.milproto.load import load
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)
         try:
-            program = load(spec, spec.specificationVersion, file_weights_dir=str(package / WEIGHTS_DIR))
+            return load(spec, spec.specificationVersion, file_weights_dir=str(weights_dir))
         finally:
             logging.disable(previous)
-    return spec, program
 
 
 class CoreMLExecutor:
