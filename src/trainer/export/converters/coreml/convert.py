@@ -151,7 +151,7 @@ def convert(
 
 def compress(base: ct.models.MLModel, variant: str, keep: Sequence[str] = ()) -> ct.models.MLModel:
     """A weight-compressed copy of an fp16 model: 'int8' or 'palettizeN' (W8A8 is its own conversion:
-    w8a8_module); the weight consts named in `keep` stay fp16 (named_weights)."""
+    w8a8_module); the weight consts named in `keep` stay fp16 (weight_const)."""
     skipped: dict[str, Any] = dict.fromkeys(keep)
     if variant == "int8":
         config = cto.OptimizationConfig(
