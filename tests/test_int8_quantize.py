@@ -138,23 +138,35 @@ def dead_feature_net() -> nn.Module:
     return model
 
 
-def test_auto_keeps_the_coreml_head_fp16_where_int8_rounds_it_away(tmp_path: Path) -> None:
-    """Core ML int8 and palettized copies keep the head's weight fp16 by its const name when that brings the
-    held-out KL under max_kl; the all-int8 copy of this net answers like fp32 on few photos."""
-    settings = {"formats": ["coreml"], "coreml.quantize": ["int8"], "int8.max_kl": 1e-3}
+def test_auto_keeps_the_coreml_head_float_where_int8_rounds_it_away(tmp_path: Path) -> None:
+    """Core ML int8 (and palettized) copies keep the head's weight fp16 by its const name, and the W8A8 copy
+    keeps the head's module float, when that brings the held-out KL under max_kl; the all-int8 copies of
+    this net answer like fp32 on few photos."""
+    settings = {
+        "formats": ["coreml"],
+        "coreml.quantize": ["int8", "w8a8"],
+        "coreml.minimum_deployment_target": "iOS17",
+        "int8.max_kl": 1e-3,
+    }
     job = _job(tmp_path, dead_feature_net(), **settings)
     coreml_format.export(job)
     assert not job.errors, job.errors
-    entry = next(a for a in job.artifacts if a["precision"] == "int8")
-    assert entry["float_layers"] == ["6"] and entry["fp16_weights"] == ["model_6_weight_to_fp16"]
-    search = entry["keep_float_search"]
-    assert search["tried"][0]["holdout_kl"] > 1e-3 >= search["holdout_kl"], search
+    int8, w8a8 = (next(a for a in job.artifacts if a["precision"] == p) for p in ("int8", "w8a8"))
+    assert int8["float_layers"] == ["6"] and int8["fp16_weights"] == ["model_6_weight_to_fp16"]
+    assert w8a8["float_layers"][0] == "6"
+    for entry in (int8, w8a8):
+        search = entry["keep_float_search"]
+        assert search["tried"][0]["holdout_kl"] > 1e-3 >= search["holdout_kl"], search
+        assert entry["top1_agreement"] >= 0.95
     plain = _job(tmp_path / "plain", dead_feature_net(), **settings, **{"int8.keep_float": "none"})
     (tmp_path / "plain").mkdir()
     coreml_format.export(plain)
-    plain_entry = next(a for a in plain.artifacts if a["precision"] == "int8")
-    assert plain_entry["float_layers"] == [] and plain_entry["top1_agreement"] < 0.8
-    assert entry["top1_agreement"] >= 0.95 and plain_entry["weights_bytes"] < entry["weights_bytes"]
+    plain_int8, plain_w8a8 = (
+        next(a for a in plain.artifacts if a["precision"] == p) for p in ("int8", "w8a8")
+    )
+    assert plain_int8["float_layers"] == [] and plain_int8["top1_agreement"] < 0.8
+    assert plain_w8a8["float_layers"] == [] and plain_w8a8["top1_agreement"] < 0.8
+    assert plain_int8["weights_bytes"] < int8["weights_bytes"]
 
 
 def test_auto_keeps_layers_float_in_litert(tmp_path: Path) -> None:

@@ -209,6 +209,7 @@ def w8a8_module(
     calibration: np.ndarray,
     qat: QatSettings | None = None,
     images: np.ndarray | None = None,
+    float_layers: Sequence[str] = (),
 ) -> tuple[nn.Module, dict[str, Any] | None]:
     """`model` with int8 weights (per channel) and int8 activations (per tensor, min/max over the normalized
     `calibration` images), as coremltools.optimize.torch's LinearQuantizer makes it: ct.convert turns its
@@ -220,14 +221,20 @@ def w8a8_module(
 
     With `qat` (export.int8.method=qat) the calibrated copy then learns the fp32 model's answers on `images`
     with fake quantization on (distill.py), and its quantizers keep the ranges it trained with; returns the
-    module and that run's record (None without QAT)."""
+    module and that run's record (None without QAT). The modules named in `float_layers` stay float
+    (export.int8.keep_float)."""
     from coremltools.optimize.torch.quantization import LinearQuantizer, LinearQuantizerConfig
 
     # LinearQuantizer milestones (steps; -1: never): observers on and BatchNorm frozen at step 0, fake
     # quantization from step 1 (after calibration) for QAT only
     milestones = [0, 1 if qat else -1, -1, 0]
     config = {"quantization_scheme": "affine", "activation_observer": "min_max", "weight_observer": "min_max"}
-    config = LinearQuantizerConfig.from_dict({"global_config": {**config, "milestones": milestones}})
+    config = LinearQuantizerConfig.from_dict(
+        {
+            "global_config": {**config, "milestones": milestones},
+            "module_name_configs": dict.fromkeys(float_layers),
+        }
+    )
     quantizer = LinearQuantizer(_quantizable(model), config)
     prepared = quantizer.prepare(example_inputs=(torch.from_numpy(calibration[:1]),), inplace=True)
     quantizer.step()

@@ -45,7 +45,15 @@ from trainer.export.converters.coreml.variants import compressed_bits
 from trainer.export.formats import FORMATS, RuntimeUnavailable
 from trainer.export.job import ExportJob
 from trainer.export.quantize.search import keep_float_search
-from trainer.export.verify import Predict, evaluate, fp32_problems, measured_metadata, softmax, top1
+from trainer.export.verify import (
+    Predict,
+    evaluate,
+    fp32_problems,
+    measured_metadata,
+    softmax,
+    top1,
+    torch_predictor,
+)
 
 FORMAT = FORMATS["coreml"]
 
@@ -114,7 +122,9 @@ def export(job: ExportJob) -> None:
             extra["weights_bytes"] = weights_bytes(path)
             if compressed_bits(variant) is not None:
                 ratio = extra["weights_bytes"] / in_memory_weights_bytes(base("fp16"))
-                expected, problems = weight_ratio_problems(path, variant, ratio, extra["fp16_weights"])
+                expected, problems = weight_ratio_problems(
+                    path, variant, ratio, len(extra.get("float_layers", []))
+                )
                 extra.update(weights_ratio_vs_fp16=round(ratio, 4), weights_ratio_expected=round(expected, 4))
                 job.fail(name, [f"{name}: {p}" for p in problems])
             stats = verify(job, name, variant, path, job.classes, softmax(job.reference))
@@ -149,13 +159,23 @@ def _compressed(
 
 
 def _w8a8(job: ExportJob, common: dict[str, Any]) -> tuple[ct.models.MLModel, dict[str, Any]]:
-    """The W8A8 program (convert.w8a8_module), quantization-aware with export.int8.method=qat; and the
-    QAT record for the manifest entry (empty without QAT)."""
+    """The W8A8 program (convert.w8a8_module) and its manifest fields: quantization-aware with
+    export.int8.method=qat, else post-training with export.int8.keep_float (the search measures the
+    PyTorch module coremltools converts, as ExecuTorch's does; Core ML runs it to the same answers)."""
     settings = job.settings.int8
-    qat = settings.qat if settings.method == "qat" else None
-    images = job.read_training(qat.images, False) if qat else None
-    quantized, record = w8a8_module(job.model, job.calibration, qat, images)
-    return convert(quantized, **common, precision="fp16"), {"qat": record} if record else {}
+    if settings.method == "qat":
+        images = job.read_training(settings.qat.images, False)
+        quantized, record = w8a8_module(job.model, job.calibration, settings.qat, images)
+        return convert(quantized, **common, precision="fp16"), {"qat": record}
+    built: list[nn.Module] = []
+
+    def build(layers: list[str]) -> Predict:
+        built[:] = [w8a8_module(job.model, job.calibration, float_layers=layers)[0]]
+        return torch_predictor(built[0])
+
+    layers, search = keep_float_search(job, build)
+    converted = convert(built[0], **common, precision="fp16")
+    return converted, {"float_layers": layers, "keep_float_search": search}
 
 
 def export_headless(job: ExportJob, extractor: nn.Module, reference: np.ndarray) -> None:

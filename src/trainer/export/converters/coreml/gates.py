@@ -113,14 +113,15 @@ def gate_problem(name: str, check: dict[str, Any] | None) -> list[str]:
 
 
 def weight_ratio_problems(
-    package: Path, variant: str, ratio: float, kept: Sequence[str] = ()
+    package: Path, variant: str, ratio: float, kept_float: int = 0
 ) -> tuple[float, list[str]]:
     """The weight size (fraction of fp16) a compressed package should have given what it compressed, and
     the problems when its actual `ratio` is larger or weights it should have compressed stayed in fp16.
 
     coremltools compresses conv/linear weights of at least WEIGHT_THRESHOLD elements and leaves smaller
     ones (and biases) in fp16, so small models (e.g. alpha 0.35) rightly land above bits/16; so do the
-    weights `kept` fp16 on purpose (export.int8.keep_float). The expected
+    `kept_float` layers left float on purpose (export.int8.keep_float), whose weights are not counted as
+    missed. The expected
     ratio is (compressed elements * bits/16 + fp16 elements) / all elements; scales, look-up tables and blob
     headers come on top (RATIO_MARGIN).
     """
@@ -140,11 +141,13 @@ def weight_ratio_problems(
                 compressed += elements
             else:
                 plain += elements
-                if key == "weight" and elements >= WEIGHT_THRESHOLD and var.op.name not in kept:
+                if key == "weight" and elements >= WEIGHT_THRESHOLD:
                     missed.append(f"{op.name} ({elements} elements)")
     total = compressed + plain
     expected = (compressed * bits / 16 + plain) / total if total else 1.0
-    problems = [f"{variant}: weights over the compression threshold left in fp16: {missed}"] if missed else []
+    problems = []
+    if len(missed) > kept_float:
+        problems.append(f"{variant}: weights over the compression threshold left in fp16: {missed}")
     if ratio > expected + RATIO_MARGIN:
         problems.append(
             f"{variant}: weights are {ratio:.3f}x the fp16 size, expected {expected:.3f}x (+{RATIO_MARGIN}) "
