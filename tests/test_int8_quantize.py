@@ -169,6 +169,23 @@ def test_auto_keeps_the_coreml_head_float_where_int8_rounds_it_away(tmp_path: Pa
     assert plain_int8["weights_bytes"] < int8["weights_bytes"]
 
 
+def test_litert_keeps_the_head_float_though_its_output_has_the_signatures_name(tmp_path: Path) -> None:
+    """ai-edge-quantizer finds an op by its output tensor's name, and the head's output is named after the
+    signature (serving_default_output_0_output), not the module: kept float by that name, the head's
+    FULLY_CONNECTED reads float weights and the copy answers like fp32 (before: unchanged KL, 33%
+    agreement on brain_mri_fewshot)."""
+    job = _job(tmp_path, dead_feature_net(), **{"int8.max_kl": 1e-3, "litert.fp16": False})
+    litert_format.export(job)
+    entry = next(a for a in job.artifacts if a["precision"] == "int8")
+    assert entry["float_layers"][0] == "6" and entry["top1_agreement"] >= 0.95, entry["keep_float_search"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tmp_path / "model_int8.tflite"))
+    tensors = interpreter.get_tensor_details()
+    head = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    assert [tensors[head[0]["inputs"][1]]["dtype"]] == [np.float32]
+
+
 def test_auto_keeps_layers_float_in_litert(tmp_path: Path) -> None:
     """ai-edge-quantizer finds each layer by its module path in litert-torch's op names. A float layer still
     reads the int8 output of the layer in front (as in ExecuTorch), so here the search goes on until the

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from trainer.export.converters.litert import standard_metadata
-from trainer.export.converters.litert.flatbuffer import float_io, signature, with_metadata
+from trainer.export.converters.litert.flatbuffer import float_io, renamed_outputs, signature, with_metadata
 from trainer.export.formats import FORMATS
 from trainer.export.job import ExportJob
 from trainer.export.manifest import sha256, size_bytes
@@ -224,11 +224,12 @@ def _int8(
         for image in pixels if not ranges else []:
             for tensor, qsv in q.calibrate({name: [{input_name: image[None]}]}).items():
                 ranges[tensor] = min_max_update(ranges.get(tensor, {}), qsv)
+        every_op = qtyping.TFLOperationName.ALL_SUPPORTED
         for layer in float_layers:
-            every_op = qtyping.TFLOperationName.ALL_SUPPORTED
-            q.update_quantization_recipe(
-                _layer_scope(layer), every_op, algorithm_key=AlgorithmName.NO_QUANTIZE
-            )
+            scope = _layer_scope(layer)
+            renamed = [rf"(^|;){re.escape(n)};" for n in renamed_outputs(fp32_bytes, scope)]  # the head
+            for regex in [scope, *renamed]:
+                q.update_quantization_recipe(regex, every_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
         quantized = q.quantize(ranges).quantized_model
     return float_io(bytes(quantized))
 

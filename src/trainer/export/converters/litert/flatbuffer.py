@@ -4,6 +4,7 @@ and the project's metadata entry."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,28 @@ def signature(model_bytes: bytes) -> dict[str, tuple[str, str]]:
 
     signatures = Interpreter(model_content=model_bytes).get_signature_list()
     return {k: (v["inputs"][0], v["outputs"][0]) for k, v in signatures.items()}
+
+
+def renamed_outputs(model_bytes: bytes, pattern: str) -> list[str]:
+    """The model outputs written by an op that reads a tensor whose name matches `pattern` (its layer's
+    weight) and whose own output does not: the head, whose output takes the signature's name
+    (`serving_default_output_0_output`). ai-edge-quantizer finds an op by its output names, so that name
+    is how the head is found."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(bytearray(model_bytes), 0)
+    found = []
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        model_outputs = set(graph.OutputsAsNumpy().tolist())
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            outputs = [i for i in op.OutputsAsNumpy().tolist() if i in model_outputs]
+            inputs = [graph.Tensors(i).Name().decode() for i in op.InputsAsNumpy().tolist() if i >= 0]
+            names = [graph.Tensors(i).Name().decode() for i in outputs]
+            if names and any(re.search(pattern, n) for n in inputs):
+                found += [n for n in names if not re.search(pattern, n)]
+    return found
 
 
 def _opcode(model: Any, builtin: int) -> int:
