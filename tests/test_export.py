@@ -97,17 +97,17 @@ def make_images(root: Path, per_class: int, seed: int) -> list[tuple[str, int]]:
     return samples
 
 
-def tiny_net() -> nn.Module:
+def tiny_net(features: int = 16) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2, padding=1),
         nn.BatchNorm2d(8),
         nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.Conv2d(8, features, 3, stride=2, padding=1),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(16, len(CLASSES)),
+        nn.Linear(features, len(CLASSES)),
     ).eval()
 
 

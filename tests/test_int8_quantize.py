@@ -120,21 +120,12 @@ def dead_feature_net() -> nn.Module:
     """A head with a weight of 300 on a feature that never fires (a ReLU channel whose input is always
     negative) and small weights on the rest, as a linear probe fitted on 40 photos left one: per-channel
     int8 gives each class's row a step of 300/127, which rounds every live weight to zero."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 768, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(768, len(CLASSES)),
-    ).eval()
+    model = tiny_net(features=768)  # a head of 768 x 3 weights: over Core ML's compression threshold
     with torch.no_grad():
-        model[2].weight[0] = 0.0
-        model[2].bias[0] = -1.0
-        model[6].weight.normal_(0, 0.5)
-        model[6].weight[:, 0] = 300.0
+        model[3].weight[0] = 0.0
+        model[3].bias[0] = -1.0
+        model[7].weight.normal_(0, 0.5)
+        model[7].weight[:, 0] = 300.0
     return model
 
 
@@ -152,8 +143,8 @@ def test_auto_keeps_the_coreml_head_float_where_int8_rounds_it_away(tmp_path: Pa
     coreml_format.export(job)
     assert not job.errors, job.errors
     int8, w8a8 = (next(a for a in job.artifacts if a["precision"] == p) for p in ("int8", "w8a8"))
-    assert int8["float_layers"] == ["6"] and int8["fp16_weights"] == ["model_6_weight_to_fp16"]
-    assert w8a8["float_layers"][0] == "6"
+    assert int8["float_layers"] == ["7"] and int8["fp16_weights"] == ["model_7_weight_to_fp16"]
+    assert w8a8["float_layers"][0] == "7"
     for entry in (int8, w8a8):
         search = entry["keep_float_search"]
         assert search["tried"][0]["holdout_kl"] > 1e-3 >= search["holdout_kl"], search
@@ -177,7 +168,7 @@ def test_litert_keeps_the_head_float_though_its_output_has_the_signatures_name(t
     job = _job(tmp_path, dead_feature_net(), **{"int8.max_kl": 1e-3, "litert.fp16": False})
     litert_format.export(job)
     entry = next(a for a in job.artifacts if a["precision"] == "int8")
-    assert entry["float_layers"][0] == "6" and entry["top1_agreement"] >= 0.95, entry["keep_float_search"]
+    assert entry["float_layers"][0] == "7" and entry["top1_agreement"] >= 0.95, entry["keep_float_search"]
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(tmp_path / "model_int8.tflite"))
