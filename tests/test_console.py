@@ -32,6 +32,18 @@ def _record(name: str, level: int, message: str = "hello") -> logging.LogRecord:
 
 
 @pytest.mark.slow
+def test_hydra_callbacks_load_before_tqdm() -> None:
+    """ConsoleCallback turns coremltools' progress bars off through TQDM_DISABLE, which tqdm reads when it
+    is imported: the Hydra callbacks of conf/train.yaml must import neither it nor torch (which imports it).
+    The pooled int8 section of the report once imported export.verify, and every bar came back."""
+    check = (
+        "import sys, trainer.console.hydra_callback, trainer.reports.sweep_callback; "
+        "print(sorted(m for m in ('tqdm', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_demo_job_output_is_short_and_ends_with_the_summary(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     command = [

@@ -8,7 +8,6 @@ through any of them and one compares the results.
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ import torch
 from trainer.data.data_config import DataConfig
 from trainer.data.images import load_rgb
 from trainer.data.transforms import eval_transform
+from trainer.utils.stats import sign_test
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def top1(scores: np.ndarray, labels: np.ndarray) -> float | None:
     """Share of rows whose argmax is the label (None without images)."""
     return float((scores.argmax(1) == labels).mean()) if len(labels) else None
-
-
-def sign_test(lost: int, gained: int) -> float:
-    """One-sided exact sign test: the chance of losing at least `lost` of the `lost + gained` images two
-    models disagree on (right before and wrong after, or the reverse) if neither model were better."""
-    n = lost + gained
-    return sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n if n else 1.0
 
 
 def lost_and_gained(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

@@ -12,9 +12,9 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from trainer.export.verify import sign_test
 from trainer.reports.collect import Run
 from trainer.reports.table import runtime_key
+from trainer.utils.stats import sign_test
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 
@@ -45,7 +45,7 @@ class PooledCopies:
 
     @property
     def p_value(self) -> float:
-        """One-sided sign test of the pooled drop (verify.sign_test)."""
+        """One-sided sign test of the pooled drop (utils.stats.sign_test)."""
         return sign_test(self.lost, self.gained)
 
 
