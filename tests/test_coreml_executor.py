@@ -21,6 +21,7 @@ from torch import nn
 
 from trainer.export.converters.coreml import convert as coreml_convert
 from trainer.export.converters.coreml import spec as coreml_spec
+from trainer.export.converters.coreml import w8a8 as coreml_w8a8
 from trainer.export.converters.coreml.executor import CoreMLExecutor
 from trainer.export.converters.coreml.gates import (
     gate,
@@ -225,7 +226,7 @@ def test_w8a8_is_calibrated_in_pytorch_and_runs_in_the_executor(tmp_path: Path) 
     """W8A8 (iOS17) without MLModel.predict: calibrated in PyTorch, converted, and run by the executor's
     quantize/dequantize kernels; it answers as its PyTorch simulation does, close to fp32."""
     model, inputs = small_net(), images()
-    quantized, _ = coreml_convert.w8a8_module(model, np.concatenate([inputs, images()[::-1]]))
+    quantized, _ = coreml_w8a8.w8a8_module(model, np.concatenate([inputs, images()[::-1]]))
     mlmodel = coreml_convert.convert(
         quantized, image_size=SIZE, norm=NORM, classes=CLASSES, target_name="iOS17", precision="fp16"
     )
@@ -246,7 +247,7 @@ def w8a8_answers(
     model: nn.Module, calibration: np.ndarray, tmp_path: Path, **qat: Any
 ) -> tuple[np.ndarray, Any]:
     """A W8A8 package of `model` (QAT with `qat`: settings and images) run by the executor on 256 images."""
-    quantized, record = coreml_convert.w8a8_module(model, calibration, **qat)
+    quantized, record = coreml_w8a8.w8a8_module(model, calibration, **qat)
     mlmodel = coreml_convert.convert(
         quantized, image_size=SIZE, norm=NORM, classes=CLASSES, target_name="iOS17", precision="fp16"
     )

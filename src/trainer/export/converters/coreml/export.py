@@ -25,7 +25,6 @@ from trainer.export.converters.coreml.convert import (
     convert,
     in_memory_weights_bytes,
     save,
-    w8a8_module,
     weight_const,
     weight_consts,
     weights_bytes,
@@ -42,6 +41,7 @@ from trainer.export.converters.coreml.gates import (
 from trainer.export.converters.coreml.spec import check_spec
 from trainer.export.converters.coreml.target import NOT_MACOS_REASON, w8a8_skip_reason
 from trainer.export.converters.coreml.variants import compressed_bits
+from trainer.export.converters.coreml.w8a8 import w8a8_module
 from trainer.export.formats import FORMATS, RuntimeUnavailable
 from trainer.export.job import ExportJob
 from trainer.export.quantize.search import keep_float_search
@@ -159,7 +159,7 @@ def _compressed(
 
 
 def _w8a8(job: ExportJob, common: dict[str, Any]) -> tuple[ct.models.MLModel, dict[str, Any]]:
-    """The W8A8 program (convert.w8a8_module) and its manifest fields: quantization-aware with
+    """The W8A8 program (w8a8.w8a8_module) and its manifest fields: quantization-aware with
     export.int8.method=qat, else post-training with export.int8.keep_float (the search measures the
     PyTorch module coremltools converts, as ExecuTorch's does; Core ML runs it to the same answers)."""
     settings = job.settings.int8
