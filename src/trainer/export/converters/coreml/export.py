@@ -115,10 +115,11 @@ def export(job: ExportJob) -> None:
                 mlmodel, qat = _w8a8(job, common)
                 extra.update(qat)
             path = job.out_dir / FORMAT.file("classifier", variant=variant)
-            if variant not in ("fp32", "fp16", "w8a8"):
+            if variant in ("fp32", "fp16", "w8a8"):
+                save(mlmodel, path, settings=job.settings, model_metadata=job.model_metadata, classifier=True)
+            else:  # the keep_float search saves each copy it builds, the chosen one last
                 mlmodel, kept = _compressed(job, mlmodel, variant, path)
                 extra.update(kept)
-            save(mlmodel, path, settings=job.settings, model_metadata=job.model_metadata, classifier=True)
             extra["weights_bytes"] = weights_bytes(path)
             if compressed_bits(variant) is not None:
                 ratio = extra["weights_bytes"] / in_memory_weights_bytes(base("fp16"))

@@ -121,9 +121,8 @@ def weight_ratio_problems(
     coremltools compresses conv/linear weights of at least WEIGHT_THRESHOLD elements and leaves smaller
     ones (and biases) in fp16, so small models (e.g. alpha 0.35) rightly land above bits/16; so do the
     `kept_float` layers left float on purpose (export.int8.keep_float), whose weights are not counted as
-    missed. The expected
-    ratio is (compressed elements * bits/16 + fp16 elements) / all elements; scales, look-up tables and blob
-    headers come on top (RATIO_MARGIN).
+    missed. The expected ratio is (compressed elements * bits/16 + fp16 elements) / all elements; scales,
+    look-up tables and blob headers come on top (RATIO_MARGIN).
     """
     bits = compressed_bits(variant)
     if bits is None:
